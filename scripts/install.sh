@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install podnet and everything it uses on a fresh Debian 12 machine (run as root).
+#   scripts/install.sh         runtime dependencies + podnet in /opt/podnet/venv
+#   scripts/install.sh --test  also what the test suite needs (container runtimes, etcd)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+VENV=${PODNET_VENV:-/opt/podnet/venv}
+export DEBIAN_FRONTEND=noninteractive
+
+APT=(python3 python3-venv python3-pip iproute2 iputils-ping nftables conntrack iptables
+     iperf3 sockperf etcd-server containernetworking-plugins util-linux procps)
+if [[ "${1:-}" == "--test" ]]; then
+    APT+=(containerd podman runc busybox-static)
+fi
+missing=()
+for pkg in "${APT[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    apt-get update -qq
+    # etcd-server's package would start a system etcd; podnet starts its own.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    rm -f /usr/sbin/policy-rc.d
+fi
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+    python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip >/dev/null
+"$VENV/bin/pip" install -q -e "$REPO[test]"
+ln -sf "$VENV/bin/podnet" /usr/local/bin/podnet
+"$VENV/bin/podnet" install-cni --dir /opt/cni/bin >/dev/null
+echo "podnet installed: $VENV (podnet, /opt/cni/bin/podnet-cni)"

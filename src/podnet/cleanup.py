@@ -1,0 +1,38 @@
+"""`podnet cleanup`: remove every link, namespace, nftables table and address record
+podnet left behind in this network namespace and its store (like `mn -c`)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from podnet import keys
+from podnet.errors import PodnetError
+from podnet.kernel import links, netns, nft
+
+LINK_PREFIXES = ("pnv", "pnbr-", "pnvx", "pntun")
+NETNS_PREFIXES = ("pn-pod-",)
+
+
+def cleanup(store_url: str) -> dict[str, list[str]]:
+    report: dict[str, list[str]] = {"links": [], "namespaces": [], "nftables": [], "records": []}
+    with netns.iproute() as ipr:
+        for prefix in LINK_PREFIXES:
+            for name in links.names_with_prefix(ipr, prefix):
+                if links.remove(ipr, name):
+                    report["links"].append(name)
+    for name in netns.list_named():
+        if name.startswith(NETNS_PREFIXES):
+            netns.remove(name)
+            report["namespaces"].append(name)
+    if nft.list_json("table", nft.FAMILY, nft.TABLE):
+        nft.remove_table()
+        report["nftables"].append(f"{nft.FAMILY} {nft.TABLE}")
+    with contextlib.suppress(PodnetError):
+        from podnet.store import open_store
+
+        with open_store(store_url) as store:
+            for prefix in (keys.ENDPOINTS, keys.ADDRESSES):
+                for entry in store.list(prefix):
+                    store.delete(entry.key)
+                    report["records"].append(entry.key)
+    return report

@@ -1,0 +1,5 @@
+"""The only code that touches netlink, nftables and sysctls.
+
+Every helper does one idempotent thing: ensure_* creates or repairs an object and
+verifies it is what we need, remove_* tolerates absence.
+"""

@@ -1,0 +1,132 @@
+"""Links: bridges, veth pairs, MTU, state, bridge-port flags. Idempotent helpers.
+
+Every helper takes an open pyroute2 IPRoute (see netns.iproute) so a caller can batch
+several operations on one socket.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from podnet.errors import KERNEL_FAILURE, PodnetError
+
+IFNAMSIZ = 15
+
+
+def short_name(prefix: str, *parts: str) -> str:
+    """A deterministic interface name of at most 15 characters: prefix + hash."""
+    digest = hashlib.sha1("/".join(parts).encode()).hexdigest()
+    return (prefix + digest)[:IFNAMSIZ]
+
+
+def lookup(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def get(ipr: IPRoute, index: int) -> Any | None:
+    try:
+        return ipr.get_links(index)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def kind_of(link: Any) -> str | None:
+    info = link.get("IFLA_LINKINFO")
+    return info.get("IFLA_INFO_KIND") if info else None
+
+
+def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None) -> int:
+    """The bridge `name`, created if absent, up; fails if `name` is another kind."""
+    index = lookup(ipr, name)
+    if index is None:
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        try:
+            ipr.link("add", **kwargs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise PodnetError(KERNEL_FAILURE, f"cannot create bridge {name}", str(exc)) from exc
+        index = lookup(ipr, name)
+    link = get(ipr, index) if index is not None else None
+    if link is None or kind_of(link) != "bridge":
+        raise PodnetError(KERNEL_FAILURE, f"{name!r} already exists but is not a bridge")
+    if not link["flags"] & 1:
+        ipr.link("set", index=index, state="up")
+    return index
+
+
+def create_veth_into(
+    ipr: IPRoute, host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int | None
+) -> int:
+    """A veth pair whose peer is created directly inside another namespace."""
+    peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
+    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
+    if mtu:
+        kwargs["mtu"] = mtu
+        peer["mtu"] = mtu
+    try:
+        ipr.link("add", **kwargs)
+    except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise PodnetError(
+                KERNEL_FAILURE, f"interface {host_name} or {peer_name} already exists"
+            ) from exc
+        raise PodnetError(KERNEL_FAILURE, f"cannot create veth {host_name}", str(exc)) from exc
+    index = lookup(ipr, host_name)
+    if index is None:
+        raise PodnetError(KERNEL_FAILURE, f"veth {host_name} vanished after creation")
+    return index
+
+
+def attach_to_bridge(ipr: IPRoute, index: int, bridge_index: int, *, hairpin: bool) -> None:
+    ipr.link("set", index=index, master=bridge_index, state="up")
+    if hairpin:
+        ipr.brport("set", index=index, mode=1)
+
+
+def set_up(ipr: IPRoute, index: int) -> None:
+    ipr.link("set", index=index, state="up")
+
+
+def set_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
+    ipr.link("set", index=index, mtu=mtu)
+
+
+def mac_of(ipr: IPRoute, index: int) -> str | None:
+    link = get(ipr, index)
+    return link.get("IFLA_ADDRESS") if link is not None else None
+
+
+def remove(ipr: IPRoute, name: str) -> bool:
+    """Delete a link by name; False if it did not exist."""
+    index = lookup(ipr, name)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise
+    return True
+
+
+def ports_of(ipr: IPRoute, bridge_index: int) -> list[int]:
+    return [link["index"] for link in ipr.get_links() if link.get("IFLA_MASTER") == bridge_index]
+
+
+def names_with_prefix(ipr: IPRoute, prefix: str) -> list[str]:
+    return sorted(
+        name
+        for link in ipr.get_links()
+        if (name := link.get("IFLA_IFNAME") or "").startswith(prefix)
+    )

@@ -1,0 +1,162 @@
+"""Network namespaces: create, open, delete, and netlink sockets bound inside them.
+
+Why a throwaway thread: pyroute2's IPRoute(netns=...) forks a child to create its
+socket inside the namespace (about 10 ms in a large process). A netlink socket belongs
+to the namespace it was created in, so a short-lived thread can setns(2) itself, create
+the socket, and exit; the calling thread never changes namespace and the socket is
+handed to IPRoute(use_socket=...). This costs about 1.5 ms per namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from podnet.errors import UNKNOWN_CONTAINER, PodnetError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def netns_path(name_or_path: str) -> str:
+    """A namespace name (as `ip netns` uses) or a path, as a path."""
+    if "/" in name_or_path:
+        return name_or_path
+    return os.path.join(NETNS_RUN_DIR, name_or_path)
+
+
+def exists(name_or_path: str) -> bool:
+    path = netns_path(name_or_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        return _is_netns(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_netns(fd: int) -> bool:
+    # NS_GET_NSTYPE ioctl would be exact; comparing the nsfs device is enough here.
+    try:
+        st = os.fstat(fd)
+        ref = os.stat("/proc/self/ns/net")
+    except OSError:
+        return False
+    return st.st_dev == ref.st_dev
+
+
+def open_netns(name_or_path: str) -> int:
+    """An O_RDONLY fd of the namespace; PodnetError(3) if it does not exist."""
+    path = netns_path(name_or_path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise PodnetError(UNKNOWN_CONTAINER, "network namespace does not exist", path) from exc
+    if not _is_netns(fd):
+        os.close(fd)
+        raise PodnetError(UNKNOWN_CONTAINER, "not a network namespace", path)
+    return fd
+
+
+def require(name_or_path: str) -> None:
+    """Raise PodnetError(3) unless the namespace exists."""
+    os.close(open_netns(name_or_path))
+
+
+def _in_thread_setns(fd: int, fn):  # type: ignore[no-untyped-def]
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="podnet-setns")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def socket_in(name_or_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket created inside the namespace (the calling thread does not switch)."""
+    fd = open_netns(name_or_path)
+    try:
+        return _in_thread_setns(fd, lambda: socket.socket(family, kind, proto))
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def iproute(name_or_path: str | None = None) -> Iterator[IPRoute]:
+    """pyroute2 IPRoute for a namespace (None: the caller's own namespace)."""
+    from pyroute2 import IPRoute
+
+    if name_or_path is None:
+        ipr = IPRoute()
+    else:
+        sock = socket_in(name_or_path, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+        ipr = IPRoute(use_socket=sock)
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def create(name: str) -> str:
+    """Create a named namespace (like `ip netns add`); idempotent. Returns its path."""
+    from pyroute2 import netns as pr_netns
+
+    path = netns_path(name)
+    if exists(path):
+        return path
+    try:
+        pr_netns.create(name)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    return path
+
+
+def remove(name: str) -> None:
+    """Delete a named namespace; tolerates absence."""
+    from pyroute2 import netns as pr_netns
+
+    try:
+        pr_netns.remove(name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EINVAL):
+            raise
+
+
+def list_named() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_RUN_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def run_in(name_or_path: str, fn):  # type: ignore[no-untyped-def]
+    """Run `fn()` in a throwaway thread that has joined the namespace (sysctl writes)."""
+    fd = open_netns(name_or_path)
+    try:
+        return _in_thread_setns(fd, fn)
+    finally:
+        os.close(fd)

@@ -45,7 +45,7 @@ def cmd_network_create(args: argparse.Namespace) -> int:
     net = Network(
         name=args.name, driver=args.driver, subnet=args.subnet, gateway=args.gateway,
         mtu=args.mtu, ip_masq=args.ip_masq, bridge=args.bridge,
-        subnet_len=args.subnet_len,
+        subnet_len=args.subnet_len, subnet_min=args.subnet_min, subnet_max=args.subnet_max,
     )
     if args.backend:
         net.backend = json.loads(args.backend)
@@ -209,8 +209,10 @@ def cmd_pod_ls(args: argparse.Namespace) -> int:
 # -- agent, cleanup, install-cni --------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.main import main as agent_main
+    from podnet.agent.overlay import Timing
 
-    return agent_main(args.store, args.socket, args.node_name)
+    timing = Timing(args.lease_ttl, args.renew_margin, args.resync_period)
+    return agent_main(args.store, args.socket, args.node_name, args.public_ip, timing)
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
@@ -258,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = add(sub, "agent", cmd_agent, "run the per-host agent (foreground)")
     a.add_argument("--node-name", help="this host's node name (default: hostname)")
+    a.add_argument("--public-ip", help="underlay address peers reach this host on "
+                   "(default: the address of the default route's interface)")
+    a.add_argument("--lease-ttl", type=float, default=60.0, help="host subnet lease TTL (s)")
+    a.add_argument("--renew-margin", type=float, default=20.0,
+                   help="renew this many seconds before the lease expires")
+    a.add_argument("--resync-period", type=float, default=10.0,
+                   help="seconds between full resyncs of peers")
 
     net = sub.add_parser("network", help="manage networks", description="manage networks")
     nsub = net.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
@@ -271,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ip-masq", action="store_true", help="masquerade traffic leaving the subnet")
     c.add_argument("--bridge", help="bridge name (default pnbr-NAME)")
     c.add_argument("--subnet-len", type=int, help="overlay: prefix length of host subnets")
+    c.add_argument("--subnet-min", help="overlay: lowest host subnet to lease")
+    c.add_argument("--subnet-max", help="overlay: highest host subnet to lease")
     c.add_argument("--backend", help='overlay backend options as JSON, e.g. {"VNI": 1}')
     add(nsub, "ls", cmd_network_ls, "list networks", json_flag=True)
     i = add(nsub, "inspect", cmd_network_inspect, "show a network with its endpoints")

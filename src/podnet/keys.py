@@ -8,6 +8,8 @@ SUBNETS = f"{ROOT}/subnets/"  # reservation of a network's subnet: no two overla
 ADDRESSES = f"{ROOT}/ipam/"
 ENDPOINTS = f"{ROOT}/endpoints/"
 CONFIG = f"{ROOT}/config/"
+LEASES = f"{ROOT}/leases/"  # host subnet leases (TTL'd), one per (network, subnet)
+NODES = f"{ROOT}/nodes/"  # a node's remembered subnet and VTEP MAC (no TTL)
 
 
 def network(name: str) -> str:
@@ -32,3 +34,15 @@ def endpoint_prefix(net: str) -> str:
 
 def endpoint(net: str, container_id: str, ifname: str) -> str:
     return f"{ENDPOINTS}{net}/{container_id}/{ifname}"
+
+
+def lease_prefix(net: str) -> str:
+    return f"{LEASES}{net}/"
+
+
+def lease(net: str, subnet: str) -> str:
+    return f"{LEASES}{net}/{subnet.replace('/', '_')}"
+
+
+def node(net: str, name: str) -> str:
+    return f"{NODES}{net}/{name}"

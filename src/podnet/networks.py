@@ -50,7 +50,12 @@ def validate(net: Network) -> Network:
     if subnet.prefixlen > 30:
         raise _invalid("subnet too small (need /30 or larger)", net.subnet)
     if net.driver in OVERLAY_DRIVERS:
-        return net  # the overlay config validator checks the rest
+        from podnet.overlay.config import from_network
+
+        from_network(net)
+        if not net.bridge:
+            net.bridge = default_bridge_name(net.name)
+        return net
     if net.gateway is None:
         net.gateway = str(subnet.network_address + 1)
     try:

@@ -31,8 +31,12 @@ class BridgeDriver(Driver):
         br = links.ensure_bridge(host, self.bridge_name(net), mtu=pa.mtu)
         if pa.gateway and pa.subnet:
             plen = ipaddress.IPv4Network(pa.subnet).prefixlen
-            addr.ensure_address(host, br, f"{pa.gateway}/{plen}")
-            sysctl.ensure("net.ipv4.ip_forward", "1")
+            gateway = f"{pa.gateway}/{plen}"
+            done = self.ctx.state.setdefault("gateways", set())
+            if (br, gateway) not in done:  # a recreated bridge gets a new index
+                addr.ensure_address(host, br, gateway)
+                sysctl.ensure("net.ipv4.ip_forward", "1")
+                done.add((br, gateway))
         if net.ip_masq and pa.subnet:
             done = self.ctx.state.setdefault("masq", set())
             if (net.name, pa.subnet) not in done:

@@ -31,12 +31,11 @@ def plug(
         undo.callback(os.close, fd)
         rollback = contextlib.ExitStack()
         undo.enter_context(rollback)
-        index = links.create_veth_into(host, host_if, ep.ifname, fd, mtu=mtu)
+        index = links.create_veth_into(host, host_if, ep.ifname, fd, mtu=mtu,
+                                       master=bridge_index)
         rollback.callback(links.remove, host, host_if)
-        if bridge_index is not None:
-            links.attach_to_bridge(host, index, bridge_index, hairpin=hairpin)
-        else:
-            links.set_up(host, index)
+        if bridge_index is not None and hairpin:
+            links.set_hairpin(host, index)
         with netns.iproute(ep.netns) as pod:
             ep.mac = configure_pod_side(pod, ep, routes)
         ep.host_ifname = host_if
@@ -46,19 +45,18 @@ def plug(
 
 
 def configure_pod_side(pod: IPRoute, ep: Endpoint, routes: list[dict]) -> str | None:
-    lo = links.lookup(pod, "lo")
-    if lo is not None:
-        links.set_up(pod, lo)
-    index = links.lookup(pod, ep.ifname)
-    if index is None:
+    links.set_up_by_name(pod, "lo")
+    link = links.get_by_name(pod, ep.ifname)
+    if link is None:
         raise PodnetError(KERNEL_FAILURE, f"{ep.ifname} missing in the sandbox after creation")
+    index = link["index"]
     if ep.address:
         addr.ensure_address(pod, index, ep.address)
     links.set_up(pod, index)
     for route in routes:
         gw = route.get("gw")
         addr.replace_route(pod, route["dst"], gateway=gw, oif=index)
-    return links.mac_of(pod, index)
+    return link.get("IFLA_ADDRESS")
 
 
 def unplug(host: IPRoute, ep: Endpoint) -> None:

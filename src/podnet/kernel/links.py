@@ -24,9 +24,19 @@ def short_name(prefix: str, *parts: str) -> str:
     return (prefix + digest)[:IFNAMSIZ]
 
 
+def get_by_name(ipr: IPRoute, name: str) -> Any | None:
+    """The link message of `name` (one RTM_GETLINK, no dump), or None."""
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
 def lookup(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    link = get_by_name(ipr, name)
+    return link["index"] if link is not None else None
 
 
 def get(ipr: IPRoute, index: int) -> Any | None:
@@ -45,9 +55,9 @@ def kind_of(link: Any) -> str | None:
 
 def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None) -> int:
     """The bridge `name`, created if absent, up; fails if `name` is another kind."""
-    index = lookup(ipr, name)
-    if index is None:
-        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+    link = get_by_name(ipr, name)
+    if link is None:
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge", "state": "up"}
         if mtu:
             kwargs["mtu"] = mtu
         try:
@@ -55,21 +65,25 @@ def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None) -> int:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise PodnetError(KERNEL_FAILURE, f"cannot create bridge {name}", str(exc)) from exc
-        index = lookup(ipr, name)
-    link = get(ipr, index) if index is not None else None
+        link = get_by_name(ipr, name)
     if link is None or kind_of(link) != "bridge":
         raise PodnetError(KERNEL_FAILURE, f"{name!r} already exists but is not a bridge")
+    index = link["index"]
     if not link["flags"] & 1:
         ipr.link("set", index=index, state="up")
     return index
 
 
 def create_veth_into(
-    ipr: IPRoute, host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int | None
+    ipr: IPRoute, host_name: str, peer_name: str, peer_netns_fd: int, *, mtu: int | None,
+    master: int | None = None,
 ) -> int:
-    """A veth pair whose peer is created directly inside another namespace."""
+    """A veth pair whose peer is created directly inside another namespace; the host end
+    is up (and enslaved to `master`) in the same request."""
     peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
-    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
+    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer, "state": "up"}
+    if master is not None:
+        kwargs["master"] = master
     if mtu:
         kwargs["mtu"] = mtu
         peer["mtu"] = mtu
@@ -90,7 +104,19 @@ def create_veth_into(
 def attach_to_bridge(ipr: IPRoute, index: int, bridge_index: int, *, hairpin: bool) -> None:
     ipr.link("set", index=index, master=bridge_index, state="up")
     if hairpin:
-        ipr.brport("set", index=index, mode=1)
+        set_hairpin(ipr, index)
+
+
+def set_hairpin(ipr: IPRoute, index: int) -> None:
+    ipr.brport("set", index=index, mode=1)
+
+
+def set_up_by_name(ipr: IPRoute, name: str) -> None:
+    try:
+        ipr.link("set", ifname=name, state="up")
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
 
 
 def set_up(ipr: IPRoute, index: int) -> None:

@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     add(sub, "demo", cmd_demo, "single-host demo: two pods on a podnet network talk")
     ic = add(sub, "install-cni", cmd_install_cni, "install the fast podnet-cni executable")
     ic.add_argument("--dir", default="/opt/cni/bin")
+    from podnet.lab.cli import add_lab_commands
+
+    add_lab_commands(sub)
     return p
 
 

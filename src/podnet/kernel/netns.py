@@ -120,18 +120,64 @@ def iproute(name_or_path: str | None = None) -> Iterator[IPRoute]:
         ipr.close()
 
 
-def create(name: str) -> str:
-    """Create a named namespace (like `ip netns add`); idempotent. Returns its path."""
-    from pyroute2 import netns as pr_netns
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
 
+
+def _mount(source: str, target: str, flags: int) -> None:
+    if _libc.mount(source.encode(), target.encode(), b"none", flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+def _ensure_run_dir() -> None:
+    """/run/netns as a shared mount point, as `ip netns add` leaves it."""
+    os.makedirs(NETNS_RUN_DIR, exist_ok=True)
+    try:
+        _mount("none", NETNS_RUN_DIR, MS_SHARED | MS_REC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: not a mount point yet
+            raise
+        _mount(NETNS_RUN_DIR, NETNS_RUN_DIR, MS_BIND | MS_REC)
+        _mount("none", NETNS_RUN_DIR, MS_SHARED | MS_REC)
+
+
+def create(name: str) -> str:
+    """Create a named namespace (like `ip netns add`); idempotent. Returns its path.
+
+    A throwaway thread unshares a new network namespace and bind-mounts its own
+    /proc/self/task/TID/ns/net onto /run/netns/NAME (about 1 ms; forking a helper
+    process, as pyroute2 does, costs about 25 ms in a large process).
+    """
     path = netns_path(name)
     if exists(path):
         return path
+    _ensure_run_dir()
     try:
-        pr_netns.create(name)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        os.close(fd)
+    except FileExistsError:
+        if exists(path):
+            return path
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), "unshare")
+            _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, MS_BIND)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, name="podnet-netns-create")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise result["error"]
     return path
 
 

@@ -4,6 +4,8 @@ podnet left behind in this network namespace and its store (like `mn -c`)."""
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 
 from podnet import keys
 from podnet.errors import PodnetError
@@ -13,8 +15,28 @@ LINK_PREFIXES = ("pnv", "pnbr-", "pnvx", "pntun")
 NETNS_PREFIXES = ("pn-pod-",)
 
 
-def cleanup(store_url: str) -> dict[str, list[str]]:
-    report: dict[str, list[str]] = {"links": [], "namespaces": [], "nftables": [], "records": []}
+def stop_forwarders(run_dir: str) -> list[str]:
+    """Stop udp forwarders whose control sockets podnet agents left in `run_dir`."""
+    from podnet.udp import control
+
+    stopped = []
+    for ctl in sorted(glob.glob(os.path.join(run_dir, "*-udp-*.ctl"))):
+        control.stop_forwarder(ctl)
+        pidfile = ctl[: -len(".ctl")] + ".pid"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pidfile)
+        stopped.append(os.path.basename(ctl))
+    return stopped
+
+
+def cleanup(store_url: str, run_dir: str = "/run/podnet", *,
+            all_labs: bool = False) -> dict[str, list[str]]:
+    from podnet.lab import cleanup_all_labs
+
+    report: dict[str, list[str]] = {"links": [], "namespaces": [], "nftables": [], "records": [],
+                                    "forwarders": [], "labs": []}
+    report["labs"] = sorted(cleanup_all_labs(only_stale=not all_labs))
+    report["forwarders"] = stop_forwarders(run_dir)
     with netns.iproute() as ipr:
         for prefix in LINK_PREFIXES:
             for name in links.names_with_prefix(ipr, prefix):

@@ -218,7 +218,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from podnet.cleanup import cleanup
 
-    report = cleanup(config.store_url(args.store))
+    run_dir = os.path.dirname(os.path.abspath(config.socket_path(args.socket)))
+    report = cleanup(config.store_url(args.store), run_dir, all_labs=args.all_labs)
     if args.json:
         _print_json(report)
     else:
@@ -304,7 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("name")
     add(psub, "ls", cmd_pod_ls, "list pods", json_flag=True)
 
-    add(sub, "cleanup", cmd_cleanup, "remove everything podnet left behind", json_flag=True)
+    cl = add(sub, "cleanup", cmd_cleanup, "remove everything podnet left behind",
+             json_flag=True)
+    cl.add_argument("--all-labs", action="store_true",
+                    help="also tear down labs that are still running (default: stale ones)")
     add(sub, "demo", cmd_demo, "single-host demo: two pods on a podnet network talk")
     ic = add(sub, "install-cni", cmd_install_cni, "install the fast podnet-cni executable")
     ic.add_argument("--dir", default="/opt/cni/bin")

@@ -20,9 +20,9 @@ from podnet.store import Store
 
 
 class Endpoints:
-    def __init__(self, store: Store, node: str) -> None:
+    def __init__(self, store: Store, node: str, run_dir: str = "/run/podnet") -> None:
         self.store = store
-        self.ctx = DriverContext(store=store, node=node)
+        self.ctx = DriverContext(store=store, node=node, run_dir=run_dir)
         self._drivers: dict[str, Driver] = {}
 
     def driver(self, name: str) -> Driver:

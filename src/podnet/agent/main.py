@@ -4,6 +4,7 @@ and peers of every overlay network, until SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 
@@ -20,7 +21,7 @@ def run(store_url: str, socket_path: str, node: str, public_ip: str | None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(message)s")
     import pyroute2  # noqa: F401 - warm the import before the first request
 
-    services = ServiceCache(store_url, node)
+    services = ServiceCache(store_url, node, os.path.dirname(os.path.abspath(socket_path)))
     svc = services.default
     svc.store.revision()  # fail at start, clearly, if the store is unreachable
     overlays = OverlayManager(svc.store, svc.ctx, svc.driver, node, public_ip, timing)

@@ -163,7 +163,7 @@ class OverlayKeeper:
                     next_renew = time.monotonic() + self.timing.lease_ttl - \
                         self.timing.renew_margin
                 wait = max(0.0, min(next_renew, next_resync) - time.monotonic())
-                events = watch.next_batch(timeout=min(wait, 1.0))
+                events = watch.next_batch(timeout=min(wait, 0.2))
                 if events:
                     self._on_events(events)
             except StoreUnavailable as exc:

@@ -49,7 +49,8 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(self.path)
 
     def serve_in_thread(self) -> threading.Thread:
-        thread = threading.Thread(target=self.serve_forever, name="podnet-api", daemon=True)
+        thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
+                                  name="podnet-api", daemon=True)
         thread.start()
         return thread
 
@@ -146,12 +147,13 @@ def call_cni(
 class ServiceCache:
     """One Endpoints service per store URL (the agent's own store by default)."""
 
-    def __init__(self, default_url: str, node: str) -> None:
+    def __init__(self, default_url: str, node: str, run_dir: str = "/run/podnet") -> None:
         from podnet.store import open_store
 
         self._open = open_store
         self.default_url = default_url
         self.node = node
+        self.run_dir = run_dir
         self._services: dict[str, Endpoints] = {}
         self._lock = threading.Lock()
         self.default = self.get(default_url)
@@ -160,7 +162,7 @@ class ServiceCache:
         with self._lock:
             svc = self._services.get(url)
             if svc is None:
-                svc = Endpoints(self._open(url), self.node)
+                svc = Endpoints(self._open(url), self.node, self.run_dir)
                 self._services[url] = svc
             return svc
 

@@ -20,6 +20,7 @@ class DriverContext:
 
     store: Store
     node: str
+    run_dir: str = "/run/podnet"  # where helper processes keep sockets and pid files
     state: dict = field(default_factory=dict)  # per-process caches (e.g. ensured bridges)
 
 

@@ -297,3 +297,12 @@ def test_racing_agents_never_share_a_subnet(tmp_path, etcd_url: str) -> None:
         # a restarted node gets its own subnet back
         with open_store(url) as store:
             assert leases.acquire(store, cfg, "n3", "172.30.9.4", {}, 30).subnet == got[3]
+
+
+def test_other_commands_act_on_the_lab_with_lab_flag(lab: Lab) -> None:
+    if lab.backend != "vxlan":
+        pytest.skip("once per store")
+    pods = json.loads(_podnet("--lab", lab.name, "pod", "ls", "--json").stdout)
+    assert {p["pod"].split("/")[1] for p in pods} >= {"h1-p1", "h2-p1", "h3-p2"}
+    nets = json.loads(_podnet("--lab", lab.name, "network", "ls", "--json").stdout)
+    assert [n["driver"] for n in nets] == ["vxlan"]

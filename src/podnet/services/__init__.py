@@ -1,0 +1,1 @@
+"""Services: virtual IPs and node ports in front of pods, programmed into nftables."""

@@ -206,6 +206,82 @@ def cmd_pod_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- services -------------------------------------------------------------------------
+def cmd_service_create(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        svc = services_cli.cmd_create(args, store)
+    if args.json:
+        _print_json(svc)
+    else:
+        ports = ", ".join(f"{p['port']}/{p['protocol']}" + (f" (node port {p['node_port']})"
+                          if p.get("node_port") else "") for p in svc["ports"])
+        print(f"service {svc['name']} created: {svc['cluster_ip']} {ports}")
+    return 0
+
+
+def cmd_service_ls(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        rows = services_cli.service_rows(store)
+    if args.json:
+        _print_json(rows)
+    else:
+        _table("services", ["name", "type", "cluster ip", "ports", "selector", "endpoints"],
+               [[r["name"], r["type"], r["cluster_ip"],
+                 ", ".join(f"{p['port']}->{p.get('target_port') or p['port']}/{p['protocol']}"
+                           + (f" :{p['node_port']}" if p.get("node_port") else "")
+                           for p in r["ports"]),
+                 ",".join(f"{k}={v}" for k, v in r["selector"].items()),
+                 " ".join(r["endpoints"])] for r in rows])
+    return 0
+
+
+def cmd_service_inspect(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        rows = [r for r in services_cli.service_rows(store) if r["name"] == args.name]
+    if not rows:
+        raise PodnetError(105, f"service {args.name!r} does not exist")
+    _print_json(rows[0])
+    return 0
+
+
+def cmd_service_rm(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        if not services_cli.allocator(store).delete(args.name):
+            raise PodnetError(105, f"service {args.name!r} does not exist")
+    print(f"service {args.name} removed")
+    return 0
+
+
+def cmd_service_config(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        _print_json(services_cli.cmd_config(args, store))
+    return 0
+
+
+def cmd_pod_label(args: argparse.Namespace) -> int:
+    from podnet import services_cli
+
+    with _store(args) as store:
+        out = services_cli.label_pod(store, args.pod, args.labels)
+    if args.json:
+        _print_json(out)
+    else:
+        for row in out:
+            print(f"pod {row['pod']} ({row['network']}): "
+                  + ",".join(f"{k}={v}" for k, v in sorted(row["labels"].items())))
+    return 0
+
+
 # -- agent, cleanup, install-cni --------------------------------------------------------
 def cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.main import main as agent_main
@@ -306,6 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
     pr = add(psub, "rm", cmd_pod_rm, "detach a pod from all its networks")
     pr.add_argument("name")
     add(psub, "ls", cmd_pod_ls, "list pods", json_flag=True)
+    pl = add(psub, "label", cmd_pod_label, "set labels on a pod (KEY= removes one)",
+             json_flag=True)
+    pl.add_argument("pod")
+    pl.add_argument("labels", nargs="+", metavar="KEY=VALUE")
+
+    svc = sub.add_parser("service", help="ClusterIP / NodePort services",
+                         description="ClusterIP / NodePort services, programmed by every agent")
+    ssub = svc.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    sc = add(ssub, "create", cmd_service_create, "create a service", json_flag=True)
+    sc.add_argument("name")
+    sc.add_argument("--port", action="append", required=True, metavar="PORT[:TARGET][/PROTO]")
+    sc.add_argument("--selector", action="append", metavar="KEY=VALUE[,KEY=VALUE]")
+    sc.add_argument("--type", default="ClusterIP", choices=["ClusterIP", "NodePort",
+                                                            "clusterip", "nodeport"])
+    sc.add_argument("--node-port", type=int, help="NodePort: the node port (default: allocated)")
+    sc.add_argument("--cluster-ip", help="the virtual IP (default: allocated)")
+    sc.add_argument("--affinity", choices=["none", "client-ip"], default="none")
+    sc.add_argument("--affinity-timeout", type=int, default=10800)
+    add(ssub, "ls", cmd_service_ls, "list services with their endpoints", json_flag=True)
+    si = add(ssub, "inspect", cmd_service_inspect, "show one service (JSON)")
+    si.add_argument("name")
+    si.add_argument("--json", action="store_true", help="print JSON (the default)")
+    sr = add(ssub, "rm", cmd_service_rm, "remove a service")
+    sr.add_argument("name")
+    sco = add(ssub, "config", cmd_service_config, "set the service CIDR / node port range")
+    sco.add_argument("--cidr")
+    sco.add_argument("--node-port-range", metavar="LOW-HIGH")
 
     cl = add(sub, "cleanup", cmd_cleanup, "remove everything podnet left behind",
              json_flag=True)

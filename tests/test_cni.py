@@ -253,3 +253,17 @@ def test_kernel_failure_midway_rolls_back(cni: CniRunner, ns: Namespaces, host_n
     # the address it had taken is free again
     r = cni("ADD", conf(), container_id="c2", netns=f"/run/netns/{p2}")
     assert r.out["ips"][0]["address"] == "10.91.0.2/24"
+
+
+def test_labels_from_runtime_config(cni: CniRunner, ns: Namespaces, host_ns: str) -> None:
+    p1 = ns.add("p1")
+    c = {**conf(), "runtimeConfig": {"labels": {"app": "web", "tier": "1"}}}
+    r = cni("ADD", c, container_id="c1", netns=f"/run/netns/{p1}",
+            args="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
+    assert r.rc == 0, r.raw
+    from podnet.endpoints import Endpoints
+    from podnet.store import open_store
+
+    with open_store(cni.extra_env["PODNET_STORE"]) as store:
+        (ep,) = Endpoints(store, "x").list("net1")
+    assert ep.pod == "shop/web-0" and ep.labels == {"app": "web", "tier": "1"}

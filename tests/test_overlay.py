@@ -203,11 +203,11 @@ def test_host_removed_peers_withdraw_within_ttl(lab: Lab) -> None:
     assert lab.ping_all(pairs=[("h1-p1", "h2-p1"), ("h3-p1", "h2-p2")])[0].ok
 
 
+@pytest.mark.parametrize("lab", [("vxlan", "etcd")], indirect=True, ids=["vxlan-etcd"])
 def test_etcd_outage(lab: Lab) -> None:
     """etcd stopped 20 s: pods keep talking; an ADD meanwhile fails with code 11 and
     succeeds once etcd is back."""
-    if lab.etcd is None or lab.backend != "vxlan":
-        pytest.skip("the etcd outage runs once, on the vxlan lab with etcd")
+    assert lab.etcd is not None
     lab.etcd.stop()
     try:
         t0 = time.monotonic()
@@ -299,9 +299,9 @@ def test_racing_agents_never_share_a_subnet(tmp_path, etcd_url: str) -> None:
             assert leases.acquire(store, cfg, "n3", "172.30.9.4", {}, 30).subnet == got[3]
 
 
+@pytest.mark.parametrize("lab", [("vxlan", "sqlite"), ("vxlan", "etcd")], indirect=True,
+                         ids=["vxlan-sqlite", "vxlan-etcd"])
 def test_other_commands_act_on_the_lab_with_lab_flag(lab: Lab) -> None:
-    if lab.backend != "vxlan":
-        pytest.skip("once per store")
     pods = json.loads(_podnet("--lab", lab.name, "pod", "ls", "--json").stdout)
     assert {p["pod"].split("/")[1] for p in pods} >= {"h1-p1", "h2-p1", "h3-p2"}
     nets = json.loads(_podnet("--lab", lab.name, "network", "ls", "--json").stdout)

@@ -25,7 +25,6 @@ TUNSETPERSIST = 0x400454CB
 TUNSETOFFLOAD = 0x400454D0
 TUNGETIFF = 0x800454D2
 TUNSETVNETHDRSZ = 0x400454D8
-SIOCGIFMTU = 0x8921
 
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -84,13 +83,6 @@ def open_tun(name: str, offload: int = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TU
 def set_persist(fd: int, persist: bool) -> None:
     """Clear persistence to have the device vanish when its last fd closes."""
     fcntl.ioctl(fd, TUNSETPERSIST, 1 if persist else 0)
-
-
-def device_mtu(name: str) -> int:
-    """MTU of a device in the caller's namespace (ioctl; /sys may show another namespace)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        res = fcntl.ioctl(s.fileno(), SIOCGIFMTU, struct.pack("16si12x", name.encode(), 0))
-    return struct.unpack_from("i", res, 16)[0]
 
 
 # --- netlink side (pyroute2), for the driver -----------------------------------------

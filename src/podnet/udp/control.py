@@ -120,7 +120,8 @@ def ensure_forwarder(netns: str | None, tun: str, bind: str, control_path: str, 
     detached. PodnetError(IN_USE) if the one answering has another tun/bind/mtu,
     PodnetError(KERNEL_FAILURE) with the forwarder's own message if it cannot start.
     """
-    info = ping(control_path)
+    # A dead forwarder refuses the connection at once; a live but busy one gets time.
+    info = ping(control_path, timeout=min(5.0, timeout))
     if info is not None:
         _check_identity(info, tun, bind, mtu)
         return int(info["pid"])
@@ -192,7 +193,7 @@ def stop_forwarder(control_path: str, pid: int | None = None, timeout: float = 5
     removed here. Tolerates a forwarder that is already gone.
     """
     if pid is None:
-        info = ping(control_path)
+        info = ping(control_path, timeout=timeout)
         pid = int(info["pid"]) if info else None
     if pid is not None and _alive(pid) and _is_forwarder(pid, control_path):
         os.kill(pid, signal.SIGTERM)

@@ -52,11 +52,15 @@ def run(store_url: str, socket_path: str, node: str, public_ip: str | None,
     server.serve_in_thread()
     log.info("serving on %s (store %s, node %s)", socket_path, store_url, node)
     stop.wait()
-    services_keeper.stop()
-    overlays.stop()
+    log.info("stopping")
     server.shutdown()
     server.server_close()
-    return 0
+    services_keeper.stop()
+    overlays.stop()
+    logging.shutdown()
+    # Kernel state stays as it is (a restarted agent adopts it). Exit now rather than
+    # wait for library threads (pyroute2 event loops of in-flight requests) to wind down.
+    os._exit(0)
 
 
 def main(store: str | None, socket: str | None, node: str | None, public_ip: str | None = None,

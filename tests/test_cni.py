@@ -267,3 +267,21 @@ def test_labels_from_runtime_config(cni: CniRunner, ns: Namespaces, host_ns: str
     with open_store(cni.extra_env["PODNET_STORE"]) as store:
         (ep,) = Endpoints(store, "x").list("net1")
     assert ep.pod == "shop/web-0" and ep.labels == {"app": "web", "tier": "1"}
+
+
+def test_agent_does_not_leak_descriptors(cni: CniRunner, ns: Namespaces, agent) -> None:
+    import os
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{agent.proc.pid}/fd"))
+
+    pods = [ns.add(f"p{i}") for i in range(10)]
+    cni("ADD", conf(), container_id="warm", netns=f"/run/netns/{pods[0]}")
+    cni("DEL", conf(), container_id="warm", netns="")
+    before = fds()
+    for _ in range(3):
+        for i, p in enumerate(pods):
+            assert cni("ADD", conf(), container_id=f"c{i}", netns=f"/run/netns/{p}").rc == 0
+        for i in range(len(pods)):
+            assert cni("DEL", conf(), container_id=f"c{i}", netns="").rc == 0
+    assert fds() - before < 10, (before, fds())

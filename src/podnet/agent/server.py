@@ -76,6 +76,8 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         head = self.rfile.readline()
+        if not head.strip():
+            return  # a connect-and-close (readiness probe): nothing to answer
         try:
             kind, *sizes = head.decode().split()
             if kind == "CNI":

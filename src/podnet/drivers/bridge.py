@@ -28,7 +28,11 @@ class BridgeDriver(Driver):
 
     def ensure_host_side(self, host: IPRoute, net: Network, pa: PodAddressing) -> int:
         """The bridge with the gateway address, forwarding on, masquerade if asked."""
-        br = links.ensure_bridge(host, self.bridge_name(net), mtu=pa.mtu)
+        return self._ensure_host_side(host, net, pa)[0]
+
+    def _ensure_host_side(self, host: IPRoute, net: Network, pa: PodAddressing
+                          ) -> tuple[int, bool]:
+        br, created = links.ensure_bridge_created(host, self.bridge_name(net), mtu=pa.mtu)
         if pa.gateway and pa.subnet:
             plen = ipaddress.IPv4Network(pa.subnet).prefixlen
             gateway = f"{pa.gateway}/{plen}"
@@ -42,19 +46,18 @@ class BridgeDriver(Driver):
             if (net.name, pa.subnet) not in done:
                 nft.ensure_masquerade(net.name, pa.subnet)
                 done.add((net.name, pa.subnet))
-        return br
+        return br, created
 
     def attach(self, net: Network, ep: Endpoint) -> Endpoint:
         pa = self.addressing(net)
         with netns.iproute() as host:
-            existed = links.lookup(host, self.bridge_name(net)) is not None
-            br = self.ensure_host_side(host, net, pa)
+            br, created = self._ensure_host_side(host, net, pa)
             try:
                 return veth.plug(
                     host, ep, bridge_index=br, mtu=pa.mtu, hairpin=net.hairpin, routes=pa.routes
                 )
             except BaseException:
-                if not existed and not links.ports_of(host, br):
+                if created and not links.ports_of(host, br):
                     links.remove(host, self.bridge_name(net))
                 raise
 

@@ -55,7 +55,14 @@ def kind_of(link: Any) -> str | None:
 
 def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None) -> int:
     """The bridge `name`, created if absent, up; fails if `name` is another kind."""
+    return ensure_bridge_created(ipr, name, mtu=mtu)[0]
+
+
+def ensure_bridge_created(ipr: IPRoute, name: str, *, mtu: int | None = None
+                          ) -> tuple[int, bool]:
+    """ensure_bridge, also telling whether this call created it."""
     link = get_by_name(ipr, name)
+    created = link is None
     if link is None:
         kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge", "state": "up"}
         if mtu:
@@ -71,7 +78,7 @@ def ensure_bridge(ipr: IPRoute, name: str, *, mtu: int | None = None) -> int:
     index = link["index"]
     if not link["flags"] & 1:
         ipr.link("set", index=index, state="up")
-    return index
+    return index, created
 
 
 def create_veth_into(

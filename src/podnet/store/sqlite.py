@@ -10,11 +10,13 @@ expired keys, and the next writer or watcher deletes them and logs a delete even
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 
 from podnet.errors import Conflict, StoreUnavailable
 from podnet.store.base import Entry, Event, Store, Watch
@@ -47,24 +49,34 @@ _TRIM_EVERY = 1000
 _POLL_INTERVAL = 0.02
 
 
+_MAX_IDLE = 8  # idle connections kept per store object
+
+
 class SqliteStore(Store):
     def __init__(self, path: str, *, busy_timeout: float = 30.0) -> None:
         self.path = path
         self._busy_timeout = busy_timeout
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # Idle connections, reused by whichever thread needs one next: an agent serves
+        # each request in a fresh thread, so per-thread connections would leak.
+        self._idle: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # Writers of this process queue here instead of in SQLite's busy handler, which
+        # sleeps up to 100 ms between retries; other processes still meet the file lock.
+        self._write_lock = threading.Lock()
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        db = self._db()
-        try:
-            db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{path}: {exc}") from exc
+        with self._conn() as db:
+            try:
+                db.executescript(_SCHEMA)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{path}: {exc}") from exc
 
     # -- connections -------------------------------------------------------------
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one operation, returned to the idle pool afterwards."""
+        with self._conns_lock:
+            db = self._idle.pop() if self._idle else None
         if db is None:
             try:
                 db = sqlite3.connect(
@@ -75,18 +87,35 @@ class SqliteStore(Store):
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc
-            self._local.db = db
+        try:
+            yield db
+        finally:
             with self._conns_lock:
-                self._conns.append(db)
-        return db
+                if len(self._idle) < _MAX_IDLE:
+                    self._idle.append(db)
+                    db = None
+            if db is not None:
+                db.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error), one writer of this process at
+        a time."""
+        with self._write_lock, self._conn() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
 
     def close(self) -> None:
-        """Close every thread's connection (the store must not be in use any more)."""
+        """Close the idle connections (the store must not be in use any more)."""
         with self._conns_lock:
-            conns, self._conns = self._conns, []
+            conns, self._idle = self._idle, []
         for db in conns:
             db.close()
-        self._local = threading.local()
 
     # -- reads -------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
@@ -116,7 +145,8 @@ class SqliteStore(Store):
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
-            return self._db().execute(sql, args).fetchall()
+            with self._conn() as db:
+                return db.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
@@ -125,9 +155,8 @@ class SqliteStore(Store):
         self, key: str, value: dict, *, revision: int | None = None, ttl: float | None = None
     ) -> int:
         data = json.dumps(value, sort_keys=True, separators=(",", ":"))
-        db = self._db()
         try:
-            with _write_txn(db):
+            with self._write() as db:
                 now = time.time()
                 self._sweep(db, now)
                 self._check(db, key, revision)
@@ -148,9 +177,8 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
 
     def delete(self, key: str, *, revision: int | None = None) -> bool:
-        db = self._db()
         try:
-            with _write_txn(db):
+            with self._write() as db:
                 self._sweep(db, time.time())
                 self._check(db, key, revision)
                 row = db.execute("SELECT 1 FROM kv WHERE key = ?", (key,)).fetchone()
@@ -203,14 +231,13 @@ class SqliteStore(Store):
 
     def sweep_expired(self) -> None:
         """Delete expired keys now (logging delete events), if there are any."""
-        db = self._db()
         now = time.time()
         try:
-            if not db.execute(
+            if not self._query(
                 "SELECT 1 FROM kv WHERE expires IS NOT NULL AND expires <= ? LIMIT 1", (now,)
-            ).fetchone():
+            ):
                 return
-            with _write_txn(db):
+            with self._write() as db:
                 self._sweep(db, now)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"{self.path}: {exc}") from exc
@@ -257,23 +284,6 @@ class _SqliteWatch(Watch):
 
     def close(self) -> None:
         self._closed = True
-
-
-class _write_txn:
-    """BEGIN IMMEDIATE ... COMMIT (or ROLLBACK on error) on an autocommit connection."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type, *rest) -> None:
-        if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
 
 
 def _prefix_where(prefix: str) -> tuple[str, tuple]:

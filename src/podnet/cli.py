@@ -207,67 +207,6 @@ def cmd_pod_ls(args: argparse.Namespace) -> int:
 
 
 # -- services -------------------------------------------------------------------------
-def cmd_service_create(args: argparse.Namespace) -> int:
-    from podnet import services_cli
-
-    with _store(args) as store:
-        svc = services_cli.cmd_create(args, store)
-    if args.json:
-        _print_json(svc)
-    else:
-        ports = ", ".join(f"{p['port']}/{p['protocol']}" + (f" (node port {p['node_port']})"
-                          if p.get("node_port") else "") for p in svc["ports"])
-        print(f"service {svc['name']} created: {svc['cluster_ip']} {ports}")
-    return 0
-
-
-def cmd_service_ls(args: argparse.Namespace) -> int:
-    from podnet import services_cli
-
-    with _store(args) as store:
-        rows = services_cli.service_rows(store)
-    if args.json:
-        _print_json(rows)
-    else:
-        _table("services", ["name", "type", "cluster ip", "ports", "selector", "endpoints"],
-               [[r["name"], r["type"], r["cluster_ip"],
-                 ", ".join(f"{p['port']}->{p.get('target_port') or p['port']}/{p['protocol']}"
-                           + (f" :{p['node_port']}" if p.get("node_port") else "")
-                           for p in r["ports"]),
-                 ",".join(f"{k}={v}" for k, v in r["selector"].items()),
-                 " ".join(r["endpoints"])] for r in rows])
-    return 0
-
-
-def cmd_service_inspect(args: argparse.Namespace) -> int:
-    from podnet import services_cli
-
-    with _store(args) as store:
-        rows = [r for r in services_cli.service_rows(store) if r["name"] == args.name]
-    if not rows:
-        raise PodnetError(105, f"service {args.name!r} does not exist")
-    _print_json(rows[0])
-    return 0
-
-
-def cmd_service_rm(args: argparse.Namespace) -> int:
-    from podnet import services_cli
-
-    with _store(args) as store:
-        if not services_cli.allocator(store).delete(args.name):
-            raise PodnetError(105, f"service {args.name!r} does not exist")
-    print(f"service {args.name} removed")
-    return 0
-
-
-def cmd_service_config(args: argparse.Namespace) -> int:
-    from podnet import services_cli
-
-    with _store(args) as store:
-        _print_json(services_cli.cmd_config(args, store))
-    return 0
-
-
 def cmd_pod_label(args: argparse.Namespace) -> int:
     from podnet import services_cli
 
@@ -387,28 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("pod")
     pl.add_argument("labels", nargs="+", metavar="KEY=VALUE")
 
-    svc = sub.add_parser("service", help="ClusterIP / NodePort services",
-                         description="ClusterIP / NodePort services, programmed by every agent")
-    ssub = svc.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
-    sc = add(ssub, "create", cmd_service_create, "create a service", json_flag=True)
-    sc.add_argument("name")
-    sc.add_argument("--port", action="append", required=True, metavar="PORT[:TARGET][/PROTO]")
-    sc.add_argument("--selector", action="append", metavar="KEY=VALUE[,KEY=VALUE]")
-    sc.add_argument("--type", default="ClusterIP", choices=["ClusterIP", "NodePort",
-                                                            "clusterip", "nodeport"])
-    sc.add_argument("--node-port", type=int, help="NodePort: the node port (default: allocated)")
-    sc.add_argument("--cluster-ip", help="the virtual IP (default: allocated)")
-    sc.add_argument("--affinity", choices=["none", "client-ip"], default="none")
-    sc.add_argument("--affinity-timeout", type=int, default=10800)
-    add(ssub, "ls", cmd_service_ls, "list services with their endpoints", json_flag=True)
-    si = add(ssub, "inspect", cmd_service_inspect, "show one service (JSON)")
-    si.add_argument("name")
-    si.add_argument("--json", action="store_true", help="print JSON (the default)")
-    sr = add(ssub, "rm", cmd_service_rm, "remove a service")
-    sr.add_argument("name")
-    sco = add(ssub, "config", cmd_service_config, "set the service CIDR / node port range")
-    sco.add_argument("--cidr")
-    sco.add_argument("--node-port-range", metavar="LOW-HIGH")
+    from podnet.services_cli import add_service_commands
+
+    add_service_commands(sub, add)
 
     cl = add(sub, "cleanup", cmd_cleanup, "remove everything podnet left behind",
              json_flag=True)
@@ -420,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     from podnet.lab.cli import add_lab_commands
 
     add_lab_commands(sub)
+    from podnet.bench.cli import add_bench_commands
+
+    add_bench_commands(sub)
     return p
 
 

@@ -45,7 +45,7 @@ def allocator(store):  # type: ignore[no-untyped-def]
     return ServiceAllocator(store, cidr=cfg.value["cidr"], node_port_range=(lo, hi))
 
 
-def cmd_create(args: argparse.Namespace, store) -> dict:  # type: ignore[no-untyped-def]
+def create_service(args: argparse.Namespace, store) -> dict:  # type: ignore[no-untyped-def]
     from podnet.services.model import Service, ServicePort
 
     ports = [parse_port(p) for p in args.port]
@@ -66,7 +66,7 @@ def cmd_create(args: argparse.Namespace, store) -> dict:  # type: ignore[no-unty
     return allocator(store).create(svc).to_dict()
 
 
-def cmd_config(args: argparse.Namespace, store) -> dict:  # type: ignore[no-untyped-def]
+def configure(args: argparse.Namespace, store) -> dict:  # type: ignore[no-untyped-def]
     from podnet.services.alloc import ServiceAllocator
 
     current = store.get(CONFIG_KEY)
@@ -122,3 +122,93 @@ def label_pod(store, pod: str, pairs: list[str]) -> list[dict]:  # type: ignore[
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+# -- command handlers ---------------------------------------------------------------
+def cmd_service_create(args: argparse.Namespace) -> int:
+    with open_store_for(args) as store:
+        svc = create_service(args, store)
+    if args.json:
+        print_json(svc)
+    else:
+        ports = ", ".join(f"{p['port']}/{p['protocol']}" + (f" (node port {p['node_port']})"
+                          if p.get("node_port") else "") for p in svc["ports"])
+        print(f"service {svc['name']} created: {svc['cluster_ip']} {ports}")
+    return 0
+
+
+def cmd_service_ls(args: argparse.Namespace) -> int:
+    with open_store_for(args) as store:
+        rows = service_rows(store)
+    if args.json:
+        print_json(rows)
+    else:
+        table("services", ["name", "type", "cluster ip", "ports", "selector", "endpoints"],
+               [[r["name"], r["type"], r["cluster_ip"],
+                 ", ".join(f"{p['port']}->{p.get('target_port') or p['port']}/{p['protocol']}"
+                           + (f" :{p['node_port']}" if p.get("node_port") else "")
+                           for p in r["ports"]),
+                 ",".join(f"{k}={v}" for k, v in r["selector"].items()),
+                 " ".join(r["endpoints"])] for r in rows])
+    return 0
+
+
+def cmd_service_inspect(args: argparse.Namespace) -> int:
+    with open_store_for(args) as store:
+        rows = [r for r in service_rows(store) if r["name"] == args.name]
+    if not rows:
+        raise PodnetError(105, f"service {args.name!r} does not exist")
+    print_json(rows[0])
+    return 0
+
+
+def cmd_service_rm(args: argparse.Namespace) -> int:
+    with open_store_for(args) as store:
+        if not allocator(store).delete(args.name):
+            raise PodnetError(105, f"service {args.name!r} does not exist")
+    print(f"service {args.name} removed")
+    return 0
+
+
+def cmd_service_config(args: argparse.Namespace) -> int:
+    with open_store_for(args) as store:
+        print_json(configure(args, store))
+    return 0
+
+
+def open_store_for(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from podnet.cli import _store
+
+    return _store(args)
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    from podnet.cli import _table
+
+    _table(title, columns, rows)
+
+
+def add_service_commands(sub: Any, add: Any) -> None:
+    """`podnet service ...` (add: the CLI's helper that registers a handler)."""
+    svc = sub.add_parser("service", help="ClusterIP / NodePort services",
+                         description="ClusterIP / NodePort services, programmed by every agent")
+    ssub = svc.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+    sc = add(ssub, "create", cmd_service_create, "create a service", json_flag=True)
+    sc.add_argument("name")
+    sc.add_argument("--port", action="append", required=True, metavar="PORT[:TARGET][/PROTO]")
+    sc.add_argument("--selector", action="append", metavar="KEY=VALUE[,KEY=VALUE]")
+    sc.add_argument("--type", default="ClusterIP", choices=["ClusterIP", "NodePort",
+                                                            "clusterip", "nodeport"])
+    sc.add_argument("--node-port", type=int, help="NodePort: the node port (default: allocated)")
+    sc.add_argument("--cluster-ip", help="the virtual IP (default: allocated)")
+    sc.add_argument("--affinity", choices=["none", "client-ip"], default="none")
+    sc.add_argument("--affinity-timeout", type=int, default=10800)
+    add(ssub, "ls", cmd_service_ls, "list services with their endpoints", json_flag=True)
+    si = add(ssub, "inspect", cmd_service_inspect, "show one service (JSON)")
+    si.add_argument("name")
+    si.add_argument("--json", action="store_true", help="print JSON (the default)")
+    sr = add(ssub, "rm", cmd_service_rm, "remove a service")
+    sr.add_argument("name")
+    sco = add(ssub, "config", cmd_service_config, "set the service CIDR / node port range")
+    sco.add_argument("--cidr")
+    sco.add_argument("--node-port-range", metavar="LOW-HIGH")

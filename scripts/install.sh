@@ -9,7 +9,7 @@ VENV=${PODNET_VENV:-/opt/podnet/venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT=(python3 python3-venv python3-pip iproute2 iputils-ping nftables conntrack iptables
-     iperf3 sockperf etcd-server containernetworking-plugins util-linux procps)
+     iperf3 sockperf ethtool etcd-server containernetworking-plugins util-linux procps)
 if [[ "${1:-}" == "--test" ]]; then
     APT+=(containerd podman runc busybox-static)
 fi

@@ -87,8 +87,10 @@ def create_veth_into(
 ) -> int:
     """A veth pair whose peer is created directly inside another namespace; the host end
     is up (and enslaved to `master`) in the same request."""
-    peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": peer_netns_fd}
-    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer, "state": "up"}
+    # txqlen 0 as the reference plugins create veths: they run without a queue anyway
+    peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": peer_netns_fd, "txqlen": 0}
+    kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer, "state": "up",
+                              "txqlen": 0}
     if master is not None:
         kwargs["master"] = master
     if mtu:

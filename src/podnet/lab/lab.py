@@ -169,7 +169,7 @@ class Lab:
         st = state.load(name)
         lab = cls.__new__(cls)
         lab.topo = Topo(hosts=max(1, len(st.hosts)), pods_per_host=st.pods_per_host,
-                        segments=st.segments)
+                        segments=st.segments, **_vm_topo(st))
         lab.name = st.name
         lab.state = st
         lab.start_timeout = start_timeout
@@ -193,6 +193,17 @@ class Lab:
     def pods(self) -> list[Pod]:
         return [Pod(p.name, p.netns, p.ip, p.host) for p in self.state.pods()]
 
+    # -- VMs (built by podnet.lab.vms) -------------------------------------------------------
+    @property
+    def vms(self) -> list[Host]:
+        """VMs as hosts of the VM cluster: name hI-vmJ, netns, VM NIC address, subnet."""
+        return [Host(v.name, v.netns, v.ip, 0, v.subnet) for v in self.state.vms]
+
+    @property
+    def vm_pods(self) -> list[Pod]:
+        """Pods inside VMs (attached through the VM's own agent): name hI-vmJ-pK."""
+        return [Pod(p.name, p.netns, p.ip, p.host) for v in self.state.vms for p in v.pods]
+
     def host(self, name: str) -> Host:
         h = self.state.host(name)
         return Host(h.name, h.netns, h.ip, h.segment, h.subnet)
@@ -215,7 +226,7 @@ class Lab:
     def netns_of(self, name: str) -> str:
         """The namespace of a host, pod, `sw`/`sw1`/`sw2`/`rt`, or a full LAB-... name."""
         roles = {h.name for h in self.state.hosts} | {p.name for p in self.state.pods()}
-        roles |= set(self.state.infra_roles())
+        roles |= set(self.state.infra_roles()) | set(self.state.vm_roles())
         if name in roles:
             return state.netns_name(self.name, name)
         if name.startswith(self.name + "-") and name.removeprefix(self.name + "-") in roles:
@@ -272,6 +283,10 @@ class Lab:
         self._attach_pods([(h.name, plan.pod_name(h.name, j))
                            for h in specs for j in range(1, self.topo.pods_per_host + 1)])
         self._check_agents()
+        if self.topo.vms_per_host:
+            from podnet.lab import vms  # VMs, their network and their own cluster
+
+            vms.build(self)
         self.state.status = "up"
         self._save()
 
@@ -592,6 +607,15 @@ class Lab:
         rtts = ping_pairs(todo, timeout=timeout, tries=tries)
         return [PingResult(src, dst, rtts.get((src, dst)) is not None, rtts.get((src, dst)))
                 for src, dst in pairs]
+
+
+def _vm_topo(st: LabState) -> dict[str, Any]:
+    """The VM part of a Topo, read back from a state file (for Lab.attach)."""
+    if not st.vms:
+        return {}
+    per_host = max(sum(1 for v in st.vms if v.host == h.name) for h in st.hosts)
+    return {"vms_per_host": per_host, "vm_network": st.vm_network or "flat",
+            "pods_per_vm": st.pods_per_vm, "vm_backend": st.vm_backend}
 
 
 def _tail(path: str, n: int = 3) -> str:

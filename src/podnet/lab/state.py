@@ -112,6 +112,27 @@ class HostState:
 
 
 @dataclass
+class VmState:
+    """A VM (podnet.lab.vms): a namespace on host `host`'s VM bridge, maybe with an agent."""
+
+    name: str
+    host: str
+    index: int
+    netns: str
+    ip: str
+    mac: str
+    socket: str
+    log: str
+    agent_pid: int | None = None
+    subnet: str | None = None
+    pods: list[PodState] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return {"name": self.name, "host": self.host, "netns": self.netns, "ip": self.ip,
+                "pods": [p.public() for p in self.pods]}
+
+
+@dataclass
 class EtcdState:
     netns: str
     host: str
@@ -139,6 +160,12 @@ class LabState:
     etcd: EtcdState | None = None
     status: str = "building"  # building | up
     created: float = 0.0
+    # -- VMs (podnet.lab.vms); a VM cluster has its own SQLite store --------------------
+    vm_network: str | None = None
+    vm_backend: str | None = None
+    vm_store_url: str | None = None
+    pods_per_vm: int = 0
+    vms: list[VmState] = field(default_factory=list)
 
     # -- lookups --------------------------------------------------------------------
     def host(self, name: str) -> HostState:
@@ -150,6 +177,10 @@ class LabState:
 
     def pods(self) -> list[PodState]:
         return [p for h in self.hosts for p in h.pods]
+
+    def vm_roles(self) -> list[str]:
+        """VM and VM pod names (their namespaces are LAB-hI-vmJ, LAB-hI-vmJ-pK)."""
+        return [v.name for v in self.vms] + [p.name for v in self.vms for p in v.pods]
 
     def switch_roles(self) -> list[str]:
         return ["sw"] if self.segments == 1 else ["sw1", "sw2"]
@@ -182,6 +213,8 @@ class LabState:
         if self.segments == 2:
             out["router"] = {"name": "rt", "netns": netns_name(self.name, "rt"),
                              "ips": [topo.router_ip(1), topo.router_ip(2)]}
+        if self.vms:
+            out["vms"] = [v.public() for v in self.vms]
         if self.etcd is not None:
             out["etcd"] = {"pid": self.etcd.pid, "netns": self.etcd.netns,
                            "url": self.store_url, "data_dir": self.etcd.data_dir,
@@ -201,7 +234,12 @@ class LabState:
             pods = [PodState(**p) for p in h.pop("pods", [])]
             hosts.append(HostState(**h, pods=pods))
         etcd = data.pop("etcd", None)
-        return cls(**data, hosts=hosts, etcd=EtcdState(**etcd) if etcd else None)
+        vms = []
+        for v in data.pop("vms", []):
+            v = dict(v)
+            pods = [PodState(**p) for p in v.pop("pods", [])]
+            vms.append(VmState(**v, pods=pods))
+        return cls(**data, hosts=hosts, etcd=EtcdState(**etcd) if etcd else None, vms=vms)
 
 
 def save(state: LabState) -> None:

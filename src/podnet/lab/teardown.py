@@ -63,7 +63,8 @@ def teardown(name: str, popens: dict[int, subprocess.Popen] | None = None
     with contextlib.suppress(PodnetError):
         st = state.load(name)
     if st is not None:
-        agents = [(h.agent_pid, h.socket, popens.get(h.agent_pid or 0)) for h in st.hosts]
+        agents = [(h.agent_pid, h.socket, popens.get(h.agent_pid or 0))
+                  for h in [*st.hosts, *st.vms]]  # VMs' agents too (podnet.lab.vms)
         report["processes"] += [f"agent {pid}" for pid in procs.stop_many(agents)]
     report["processes"] += stop_forwarders(name)
     if st is not None and st.etcd is not None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job: install podnet, build a lab cluster (3 hosts x 2 pods, vxlan overlay,
-# embedded SQLite store), show every pod reaching every other, then remove the lab.
+# embedded SQLite store), show every pod reaching every other, remove the lab, then run
+# the 2015 study's benchmark matrix in its quick form (report in ./results/).
 # Pass --keep to leave the lab up (remove it later with `podnet lab down demo`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,6 @@ KEEP=0
 "$PODNET" lab ping demo
 "$PODNET" --lab demo pod ls
 "$PODNET" lab exec demo h1-p1 -- ip -br addr show dev eth0
+[[ $KEEP == 1 ]] || { trap - EXIT; "$PODNET" lab down demo; }
+"$PODNET" bench --quick --out results
+echo "benchmark report: results/report.md (charts: results/*.png, raw runs: results/results.json)"

@@ -78,10 +78,17 @@ class OverlayKeeper:
             self._thread.join(5)
 
     # -- peers ------------------------------------------------------------------------
-    def _apply_peer(self, ipr, peer: Lease) -> None:  # type: ignore[no-untyped-def]
+    def _apply_peer(self, ipr, peer: Lease, *, force: bool = False) -> None:  # type: ignore[no-untyped-def]
+        """Program a peer. A lease renewal (same address and backend data) changes nothing
+        in the kernel, so it is skipped unless `force` (the resync re-applies everything)."""
         assert self.lease and self.under
         old = self.peers.get(peer.subnet)
-        if old and (old.public_ip, old.backend) != (peer.public_ip, peer.backend):
+        same = old is not None and (old.node, old.public_ip, old.backend) == \
+            (peer.node, peer.public_ip, peer.backend)
+        if same and not force and peer.node not in self.errors:
+            self.peers[peer.subnet] = peer
+            return
+        if old and not same:
             self.driver.remove_peer(ipr, self.cfg, old, self.under)
         try:
             self.driver.add_peer(ipr, self.cfg, self.lease, peer, self.under)
@@ -109,7 +116,7 @@ class OverlayKeeper:
             for subnet in set(self.peers) - {p.subnet for p in current}:
                 self._withdraw(ipr, subnet)
             for peer in current:
-                self._apply_peer(ipr, peer)
+                self._apply_peer(ipr, peer, force=True)
             self.driver.prune(ipr, self.cfg, self.lease, current, self.under)
 
     def _on_events(self, events) -> None:  # type: ignore[no-untyped-def]

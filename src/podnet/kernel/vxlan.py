@@ -30,7 +30,7 @@ def ensure_vxlan(
     if index is None:
         kwargs = dict(
             ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port, vxlan_local=local,
-            vxlan_link=underlay_index, vxlan_learning=0, mtu=mtu,
+            vxlan_link=underlay_index, vxlan_learning=0, vxlan_udp_csum=0, mtu=mtu,
         )
         if mac:
             kwargs["address"] = mac

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -223,3 +224,19 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
     for row in rows:
         t.add_row(*row)
     return t
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """A nested JSON value as {"a.b[0].c": "value"}, for comparing settings."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and all(not isinstance(x, dict | list) for x in obj):
+        out[prefix] = ",".join(map(str, obj))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = str(obj)
+    return out

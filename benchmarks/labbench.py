@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
+from benchlib import stop_process
 from rich.console import Console
 from rich.table import Table
 
@@ -104,18 +105,7 @@ def ip_batch(ns: str | None, lines: Sequence[str]) -> None:
 
 
 # -- processes ----------------------------------------------------------------------------
-def stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
-    """SIGTERM (then SIGKILL) one process this script started, by its PID."""
-    if proc is None or proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+
 
 
 class Servers:

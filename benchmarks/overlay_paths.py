@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import labbench as lb
+from benchlib import flatten
 
 from podnet.kernel import netns  # after labbench, which puts src/ on sys.path
 from podnet.lab import Lab, Topo
@@ -341,19 +342,7 @@ NS_SYSCTLS = ["net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-i
               "net/ipv4/tcp_congestion_control", "net/core/default_qdisc"]
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list) and all(not isinstance(x, dict | list) for x in obj):
-        out[prefix] = ",".join(map(str, obj))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = str(obj)
-    return out
+
 
 
 def sh_json(ns: str, cmd: str) -> Any:

@@ -156,19 +156,7 @@ def simultaneous(sides: list[Side], rounds: int, seconds: int) -> list[list[str]
 
 
 # -- settings comparison ----------------------------------------------------------------------
-def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    elif isinstance(obj, list) and all(not isinstance(x, dict | list) for x in obj):
-        out[prefix] = ",".join(map(str, obj))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}[{i}]"))
-    else:
-        out[prefix] = str(obj)
-    return out
+
 
 
 def sh_json(argv: list[str]) -> Any:
@@ -196,10 +184,10 @@ def settings(side: Side) -> dict[str, dict[str, str]]:
     for role, (ns, dev) in roles.items():
         nsargs = ["-n", ns] if ns else []
         link = sh_json(["ip", *nsargs, "-d", "-j", "link", "show", "dev", dev])
-        values = {f"link.{k}": v for k, v in flatten(link[0] if link else {}).items()
+        values = {f"link.{k}": v for k, v in bl.flatten(link[0] if link else {}).items()
                   if not IDENTITY_KEYS.search(k)}
         qdisc = sh_json(["tc", *nsargs, "-j", "qdisc", "show", "dev", dev])
-        values.update({f"qdisc.{k}": v for k, v in flatten(qdisc).items()
+        values.update({f"qdisc.{k}": v for k, v in bl.flatten(qdisc).items()
                        if not k.endswith("handle") and "parent" not in k})
         values.update({f"sysctl.{k}": v for k, v in sysctls(ns, dev).items()})
         values.update({f"offload.{k}": v for k, v in offloads(ns, dev).items()})
@@ -207,7 +195,7 @@ def settings(side: Side) -> dict[str, dict[str, str]]:
     routes: dict[str, str] = {}
     for r in sh_json(["ip", "-n", pod, "-j", "route", "show"]):
         which = "default" if r.get("dst") == "default" else "subnet"
-        routes.update({f"{which}.{k}": v for k, v in flatten(r).items()
+        routes.update({f"{which}.{k}": v for k, v in bl.flatten(r).items()
                        if k not in ("dst", "gateway", "prefsrc", "dev")})
     out["pod routes"] = routes
     return out

@@ -57,6 +57,10 @@ class UdpDriver(OverlayDriver):
                                        log_path=logfile)
         with open(pidfile, "w") as fh:
             fh.write(f"{pid}\n")
+        if cfg.network not in self._tables:
+            # A restarted agent adopts a running forwarder: start from the table it already
+            # has, so re-adding peers one by one never pushes a shorter table (lost packets).
+            self._tables[cfg.network] = dict(control.get_peers(ctl))
         super().setup_host(ipr, cfg, net, lease, under)
 
     def _push(self, cfg: OverlayConfig) -> None:

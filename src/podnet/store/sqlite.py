@@ -49,6 +49,19 @@ _TRIM_EVERY = 1000
 _POLL_INTERVAL = 0.02
 
 
+def _retry_locked(fn, timeout: float):  # type: ignore[no-untyped-def]
+    """Run fn, retrying while another process holds the lock. Switching a new database
+    to WAL needs an exclusive lock, and SQLite does not apply its busy timeout to it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
+
+
 _MAX_IDLE = 8  # idle connections kept per store object
 
 
@@ -83,7 +96,7 @@ class SqliteStore(Store):
                     self.path, timeout=self._busy_timeout, isolation_level=None,
                     check_same_thread=False,
                 )
-                db.execute("PRAGMA journal_mode=WAL")
+                _retry_locked(lambda: db.execute("PRAGMA journal_mode=WAL"), self._busy_timeout)
                 db.execute("PRAGMA synchronous=NORMAL")
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"{self.path}: {exc}") from exc

@@ -93,7 +93,7 @@ def cmd_network_rm(args: argparse.Namespace) -> int:
         net = networks.get(store, args.name)
         if args.force:
             for ep in svc.list(net.name):
-                svc.detach(net.name, container_id=ep.container_id, ifname=ep.ifname)
+                svc.detach(net, container_id=ep.container_id, ifname=ep.ifname)
         networks.delete(store, args.name, force=False)
         svc.driver(net.driver).teardown(net)
     print(f"network {args.name} removed")
@@ -112,16 +112,8 @@ def _cni_call(args: argparse.Namespace, env: dict[str, str], conf: dict) -> dict
         from podnet.agent.server import call_cni
 
         code, out = call_cni(path, env, data)
-    except OSError:
-        store_url = config.store_url(args.store)
-
-        def service_for(conf: dict):  # type: ignore[no-untyped-def]
-            from podnet.endpoints import Endpoints
-            from podnet.store import open_store
-
-            return Endpoints(open_store(store_url), config.node_name())
-
-        code, out = cni.handle(env, data, service_for)
+    except OSError:  # no agent: the same work in-process (conf["store"] names the store)
+        code, out = cni.handle(env, data, cni.in_process_service)
     answer = json.loads(out) if out.strip() else None
     if code != 0:
         assert answer is not None
@@ -129,8 +121,8 @@ def _cni_call(args: argparse.Namespace, env: dict[str, str], conf: dict) -> dict
     return answer
 
 
-def _pod_conf(args: argparse.Namespace) -> dict:
-    conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": args.network, "network": args.network,
+def _pod_conf(args: argparse.Namespace, network: str) -> dict:
+    conf: dict[str, Any] = {"cniVersion": "1.1.0", "name": network, "network": network,
                             "type": "podnet-cni"}
     if args.store:
         conf["store"] = args.store
@@ -145,7 +137,7 @@ def cmd_pod_add(args: argparse.Namespace) -> int:
     if not path:
         created = POD_NETNS_PREFIX + args.name.replace("/", "_")
         path = netns.create(created)
-    conf = _pod_conf(args)
+    conf = _pod_conf(args, args.network)
     labels = dict(kv.split("=", 1) for kv in args.label or [])
     if labels:
         conf["runtimeConfig"] = {"labels": labels}
@@ -176,10 +168,7 @@ def cmd_pod_rm(args: argparse.Namespace) -> int:
     if not eps:
         raise PodnetError(105, f"pod {args.name!r} is not attached to any network")
     for ep in eps:
-        conf = {"cniVersion": "1.1.0", "name": ep.network, "network": ep.network,
-                "type": "podnet-cni"}
-        if args.store:
-            conf["store"] = args.store
+        conf = _pod_conf(args, ep.network)
         env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": ep.container_id,
                "CNI_NETNS": ep.netns, "CNI_IFNAME": ep.ifname, "CNI_PATH": "/opt/cni/bin"}
         _cni_call(args, env, conf)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from podnet import ipam, keys, networks
+from podnet import ipam, keys
 from podnet.drivers import get_driver
 from podnet.drivers.base import Driver, DriverContext
 from podnet.errors import ALREADY_ATTACHED, NOT_FOUND, Conflict, PodnetError
@@ -43,11 +43,6 @@ class Endpoints:
     ) -> Endpoint:
         kns.require(netns)  # code 3 before anything is allocated
         key = keys.endpoint(net.name, container_id, ifname)
-        if self.store.get(key) is not None:
-            raise PodnetError(
-                ALREADY_ATTACHED,
-                f"container {container_id} already has {ifname} on network {net.name}",
-            )
         driver = self.driver(net.driver)
         pa = driver.addressing(net)
         ep = Endpoint(
@@ -79,19 +74,17 @@ class Endpoints:
         return ep
 
     # -- detach -------------------------------------------------------------------
-    def detach(self, net_name: str, *, container_id: str, ifname: str) -> Endpoint | None:
+    def detach(self, net: Network, *, container_id: str, ifname: str) -> Endpoint | None:
         """Remove an attachment; returns what was recorded (None: nothing was)."""
-        key = keys.endpoint(net_name, container_id, ifname)
+        key = keys.endpoint(net.name, container_id, ifname)
         entry = self.store.get(key)
-        net = networks.find(self.store, net_name)
         ep = Endpoint.from_dict(entry.value) if entry else None
-        if net is not None:
-            driver = self.driver(net.driver)
-            probe = ep or Endpoint(net_name, container_id, ifname, pod="", netns="")
-            driver.detach(net, probe)
+        probe = ep or Endpoint(net.name, container_id, ifname, pod="", netns="")
+        self.driver(net.driver).detach(net, probe)
         if ep is not None and ep.address:
-            ipam.release(self.store, net_name, ep.address, container_id=container_id)
-        ipam.release_owner(self.store, net_name, container_id, ifname)
+            ipam.release(self.store, net.name, ep.address, container_id=container_id)
+        else:  # no record, or an ADD that died before recording its address: scan
+            ipam.release_owner(self.store, net.name, container_id, ifname)
         if entry is not None:
             self.store.delete(key)
         return ep
@@ -124,11 +117,11 @@ class Endpoints:
         removed = []
         for ep in self.list(net.name):
             if (ep.container_id, ep.ifname) not in valid:
-                self.detach(net.name, container_id=ep.container_id, ifname=ep.ifname)
+                self.detach(net, container_id=ep.container_id, ifname=ep.ifname)
                 removed.append(ep)
+        recorded = {ep.address.split("/")[0] for ep in self.list(net.name) if ep.address}
         for ip, owner in ipam.allocations(self.store, net.name).items():
-            if (owner.get("container_id"), owner.get("ifname")) not in valid and not any(
-                ep.address and ep.address.split("/")[0] == ip for ep in self.list(net.name)
-            ):
+            if (owner.get("container_id"), owner.get("ifname")) not in valid \
+                    and ip not in recorded:
                 ipam.release(self.store, net.name, ip)
         return removed

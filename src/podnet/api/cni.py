@@ -175,7 +175,7 @@ def cmd_del(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) ->
             return None  # nothing of ours can be attached to a network that is gone
         raise
     assert net is not None
-    svc.detach(net.name, container_id=cid, ifname=ifname)
+    svc.detach(net, container_id=cid, ifname=ifname)
     return None
 
 

@@ -24,15 +24,6 @@ def ensure_address(ipr: IPRoute, index: int, cidr: str) -> None:
             raise
 
 
-def remove_address(ipr: IPRoute, index: int, cidr: str) -> None:
-    iface = ipaddress.ip_interface(cidr)
-    try:
-        ipr.addr("del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    except NetlinkError as exc:
-        if exc.code not in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.ENOENT):
-            raise
-
-
 def addresses(ipr: IPRoute, index: int) -> list[str]:
     return [
         f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}"

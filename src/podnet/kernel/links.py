@@ -7,7 +7,6 @@ several operations on one socket.
 from __future__ import annotations
 
 import errno
-import hashlib
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -16,12 +15,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from podnet.errors import KERNEL_FAILURE, PodnetError
 
 IFNAMSIZ = 15
-
-
-def short_name(prefix: str, *parts: str) -> str:
-    """A deterministic interface name of at most 15 characters: prefix + hash."""
-    digest = hashlib.sha1("/".join(parts).encode()).hexdigest()
-    return (prefix + digest)[:IFNAMSIZ]
 
 
 def get_by_name(ipr: IPRoute, name: str) -> Any | None:
@@ -130,10 +123,6 @@ def set_up_by_name(ipr: IPRoute, name: str) -> None:
 
 def set_up(ipr: IPRoute, index: int) -> None:
     ipr.link("set", index=index, state="up")
-
-
-def set_mtu(ipr: IPRoute, index: int, mtu: int) -> None:
-    ipr.link("set", index=index, mtu=mtu)
 
 
 def mac_of(ipr: IPRoute, index: int) -> str | None:

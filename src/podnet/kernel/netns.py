@@ -75,24 +75,37 @@ def require(name_or_path: str) -> None:
     os.close(open_netns(name_or_path))
 
 
-def _in_thread_setns(fd: int, fn):  # type: ignore[no-untyped-def]
+def _libc_check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+
+
+def _in_throwaway_thread(fn):  # type: ignore[no-untyped-def]
+    """fn() run in a short-lived thread (which may change its own namespace); its result
+    or exception comes back to the caller, whose namespace never changes."""
     result: dict = {}
 
     def run() -> None:
         try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
             result["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
             result["error"] = exc
 
-    thread = threading.Thread(target=run, name="podnet-setns")
+    thread = threading.Thread(target=run, name="podnet-netns")
     thread.start()
     thread.join()
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def _in_thread_setns(fd: int, fn):  # type: ignore[no-untyped-def]
+    def joined():  # type: ignore[no-untyped-def]
+        _libc_check(_libc.setns(fd, CLONE_NEWNET), "setns")
+        return fn()
+
+    return _in_throwaway_thread(joined)
 
 
 def socket_in(name_or_path: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -126,9 +139,7 @@ MS_SHARED = 1 << 20
 
 
 def _mount(source: str, target: str, flags: int) -> None:
-    if _libc.mount(source.encode(), target.encode(), b"none", flags, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), target)
+    _libc_check(_libc.mount(source.encode(), target.encode(), b"none", flags, None), target)
 
 
 def _ensure_run_dir() -> None:
@@ -160,24 +171,17 @@ def create(name: str) -> str:
     except FileExistsError:
         if exists(path):
             return path
-    result: dict = {}
 
-    def run() -> None:
-        try:
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err), "unshare")
-            _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, MS_BIND)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            result["error"] = exc
+    def unshare_and_bind() -> None:
+        _libc_check(_libc.unshare(CLONE_NEWNET), "unshare")
+        _mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, MS_BIND)
 
-    thread = threading.Thread(target=run, name="podnet-netns-create")
-    thread.start()
-    thread.join()
-    if "error" in result:
+    try:
+        _in_throwaway_thread(unshare_and_bind)
+    except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise result["error"]
+        raise
     return path
 
 

@@ -525,17 +525,21 @@ class Lab:
 
     def _attach_pods(self, pairs: list[tuple[str, str]]) -> None:
         """Create the pods' namespaces, then CNI ADD them all in parallel."""
+        self._add_pods([(self.state.host(host), pod) for host, pod in pairs])
+
+    def _add_pods(self, pairs: list[tuple[Any, str]]) -> None:
+        """Pods named `pod` under owners (a HostState, or a VmState: anything with a name,
+        netns, socket and pods), attached through each owner's agent."""
         from podnet.lab import underlay
 
         todo = []
-        for host, pod in pairs:
-            h = self.state.host(host)
-            p = PodState(name=pod, netns=state.netns_name(self.name, pod), ip=None, host=host,
-                         container_id=f"{self.name}-{pod}")
-            h.pods.append(p)
+        for owner, pod in pairs:
+            p = PodState(name=pod, netns=state.netns_name(self.name, pod), ip=None,
+                         host=owner.name, container_id=f"{self.name}-{pod}")
+            owner.pods.append(p)
             self._save()
             underlay.make_ns(p.netns)
-            todo.append((h, p))
+            todo.append((owner, p))
         if not todo:
             return
         with cf.ThreadPoolExecutor(max_workers=min(16, len(todo))) as pool:

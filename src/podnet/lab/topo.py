@@ -74,12 +74,6 @@ class Topo:
             raise PodnetError(INVALID_CONFIG, "pods in VMs need an agent in the VMs",
                               "set vm_backend (vxlan, host-gw or udp)")
 
-    def host_names(self) -> list[str]:
-        return [host_name(i) for i in range(1, self.hosts + 1)]
-
-    def pod_names(self, host: str) -> list[str]:
-        return [pod_name(host, j) for j in range(1, self.pods_per_host + 1)]
-
 
 def host_name(index: int) -> str:
     return f"h{index}"

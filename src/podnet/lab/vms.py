@@ -25,14 +25,13 @@ knows nothing of the hosts' one, and its network is also called `labnet`.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -42,7 +41,7 @@ from podnet.errors import INVALID_CONFIG, KERNEL_FAILURE, TRY_AGAIN_LATER, Podne
 from podnet.kernel import addr, links, netns
 from podnet.kernel import vxlan as kvxlan
 from podnet.lab import procs, state, underlay
-from podnet.lab.state import OVERLAY_BACKENDS, HostState, LabState, PodState, VmState
+from podnet.lab.state import OVERLAY_BACKENDS, HostState, LabState, VmState
 
 if TYPE_CHECKING:
     from podnet.lab.lab import Lab
@@ -278,25 +277,8 @@ def _wait_agents(lab: Lab) -> None:
 
 def _attach_vm_pods(lab: Lab) -> None:
     """CNI ADD each VM's pods through the VM's own agent (the shim exec'd in the VM)."""
-    todo = []
-    for v in lab.state.vms:
-        for k in range(1, lab.state.pods_per_vm + 1):
-            name = f"{v.name}-p{k}"
-            p = PodState(name=name, netns=state.netns_name(lab.name, name), ip=None,
-                         host=v.name, container_id=f"{lab.name}-{name}")
-            v.pods.append(p)
-            lab._save()
-            underlay.make_ns(p.netns)
-            todo.append((v, p))
-    if not todo:
-        return
-    with cf.ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
-        # a VmState has what Lab._cni needs from a host: name, netns, socket
-        results = [pool.submit(lab._cni, v, p, "ADD") for v, p in todo]  # type: ignore[arg-type]
-        errors = [f.exception() for f in results if f.exception() is not None]
-    lab._save()
-    if errors:
-        raise errors[0]  # type: ignore[misc]
+    lab._add_pods([(v, f"{v.name}-p{k}") for v in lab.state.vms
+                   for k in range(1, lab.state.pods_per_vm + 1)])
 
 
 # -- entry point ----------------------------------------------------------------------------
@@ -339,8 +321,3 @@ def build(lab: Lab) -> None:
     _wait_agents(lab)
     _attach_vm_pods(lab)
 
-
-def describe(st: LabState) -> dict[str, Any]:
-    """The VM part of a lab, for reports: network type, MTU, addresses."""
-    return {"vm_network": st.vm_network, "vm_backend": st.vm_backend,
-            "vms": [v.public() for v in st.vms]}

@@ -134,10 +134,6 @@ class ServiceAllocator:
             first, last = first + 1, last - 1
         return first, last
 
-    def allocate_ip(self, owner: str, requested: str | None = None) -> str:
-        """A free cluster IP held by `owner` (or exactly `requested`); see release_ip."""
-        return self._allocate_ip(owner, "", requested)
-
     def _allocate_ip(self, owner: str, uid: str, requested: str | None) -> str:
         first, last = self._usable_ips()
         if requested is not None:
@@ -164,15 +160,7 @@ class ServiceAllocator:
             f"all {last - first + 1} cluster IPs are in use",
         )
 
-    def release_ip(self, ip: str, owner: str | None = None) -> bool:
-        """Free a cluster IP (only if `owner` holds it, when given)."""
-        return self._release(self.ip_key(ip), None, owner)
-
     # -- node ports -------------------------------------------------------------------------
-    def allocate_node_port(self, owner: str, requested: int | None = None) -> int:
-        """A free node port held by `owner` (or exactly `requested`) from the range."""
-        return self._allocate_node_port(owner, "", requested)
-
     def _allocate_node_port(self, owner: str, uid: str, requested: int | None) -> int:
         lo, hi = self.node_ports
         if requested is not None:
@@ -194,11 +182,6 @@ class ServiceAllocator:
             f"all {hi - lo + 1} node ports are in use",
         )
 
-    def release_node_port(self, port: int, owner: str | None = None) -> bool:
-        """Free a node port (only if `owner` holds it, when given)."""
-        return self._release(self.node_port_key(port), None, owner)
-
-    # -- store primitives -------------------------------------------------------------------
     def _try_claim(self, key: str, owner: str, uid: str) -> bool:
         try:
             self.store.put(key, {"service": owner, "uid": uid}, revision=0)

@@ -49,7 +49,6 @@ import subprocess
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from podnet.errors import INVALID_CONFIG, KERNEL_FAILURE, PLUGIN_NOT_AVAILABLE, PodnetError
 from podnet.kernel import netns as kns
@@ -418,16 +417,6 @@ class Nft:
             if "No such file or directory" in exc.details:
                 return ""
             raise
-
-    def table_json(self) -> list[dict[str, Any]]:
-        """The table as nft JSON objects (empty when the table does not exist)."""
-        try:
-            out = self.run(f"list table {_T}\n", json_out=True, what="list table")
-        except PodnetError as exc:
-            if "No such file or directory" in exc.details:
-                return []
-            raise
-        return [o for o in json.loads(out).get("nftables", []) if "metainfo" not in o]
 
     def names(self) -> tuple[set[str], set[str]]:
         """Chain names and set/map names in our table (cheap: no rules, no elements)."""

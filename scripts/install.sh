@@ -19,10 +19,15 @@ for pkg in "${APT[@]}"; do
 done
 if ((${#missing[@]})); then
     apt-get update -qq
-    # etcd-server's package would start a system etcd; podnet starts its own.
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    # etcd-server's package would start a system etcd; podnet starts its own. Only a
+    # policy-rc.d we created is removed again.
+    own_policy=0
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    rm -f /usr/sbin/policy-rc.d
+    if [[ $own_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if [[ ! -x "$VENV/bin/python" ]]; then

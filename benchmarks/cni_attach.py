@@ -260,16 +260,10 @@ _STORE_PATH: list[str] = []
 
 
 def store_allocations() -> dict:
-    from podnet import ipam
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
-    store = open_store(_STORE_PATH[0])
-    try:
-        return ipam.allocations(store, NET_NAME)
-    finally:
-        close = getattr(store, "close", None)
-        if close:
-            close()
+    with open_resources(_STORE_PATH[0]) as res:
+        return res.address_owners(NET_NAME)
 
 
 def report_burst(bursts: list[Burst], count: int) -> bool:

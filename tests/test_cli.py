@@ -62,7 +62,8 @@ def test_network_and_pod_lifecycle(host_ns: str, store_path: str, ns: Namespaces
     assert "p1" in table and "10.93.0." in table
 
     info = json.loads(podnet(host_ns, store_path, "network", "inspect", "web").stdout)
-    assert len(info["endpoints"]) == 2 and len(info["allocations"]) == 2
+    assert len(info["ports"]) == 2 and len(info["allocations"]) == 2
+    assert len(info["subnets"]) == 1 and info["subnets"][0]["cidr"] == "10.93.0.0/24"
 
     busy = podnet(host_ns, store_path, "network", "rm", "web", check=False)
     assert busy.returncode != 0 and "attached" in busy.stderr

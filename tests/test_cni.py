@@ -261,12 +261,13 @@ def test_labels_from_runtime_config(cni: CniRunner, ns: Namespaces, host_ns: str
     r = cni("ADD", c, container_id="c1", netns=f"/run/netns/{p1}",
             args="IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0")
     assert r.rc == 0, r.raw
-    from podnet.endpoints import Endpoints
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
-    with open_store(cni.extra_env["PODNET_STORE"]) as store:
-        (ep,) = Endpoints(store, "x").list("net1")
-    assert ep.pod == "shop/web-0" and ep.labels == {"app": "web", "tier": "1"}
+    with open_resources(cni.extra_env["PODNET_STORE"]) as res:
+        (port,) = res.list_ports("net1")
+    assert port.pod == "shop/web-0" and port.labels == {"app": "web", "tier": "1"}
+    assert port.frontend == "cni" and port.sandbox == f"/run/netns/{p1}"
+    assert port.status == "ACTIVE" and port.mac_address == r.out["interfaces"][-1]["mac"]
 
 
 def test_agent_does_not_leak_descriptors(cni: CniRunner, ns: Namespaces, agent) -> None:

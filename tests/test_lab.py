@@ -28,8 +28,9 @@ from podnet.lab import Lab, Topo, state
 
 needs_etcd = pytest.mark.skipif(not shutil.which("etcd"),
                                 reason="etcd binary not installed (Debian etcd-server)")
-DRIVER_MODULES = {"vxlan": "podnet.drivers.vxlan", "host-gw": "podnet.drivers.hostgw",
-                  "udp": "podnet.drivers.udp"}
+DRIVER_MODULES = {"vxlan": "podnet.backends.overlay.vxlan",
+                  "host-gw": "podnet.backends.overlay.hostgw",
+                  "udp": "podnet.backends.overlay.udp"}
 
 
 def needs_driver(backend: str) -> pytest.MarkDecorator:

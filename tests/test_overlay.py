@@ -275,28 +275,30 @@ def test_agent_with_unreachable_etcd_fails_clearly(host_ns: str, tmp_path) -> No
 def test_racing_agents_never_share_a_subnet(tmp_path, etcd_url: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from podnet.backends.overlay.config import from_network
     from podnet.model import Network
-    from podnet.overlay import leases
-    from podnet.overlay.config import from_network
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
     net = Network(name=f"race{new_prefix()}", driver="vxlan", subnet="10.245.0.0/24",
                   subnet_len=28)
     cfg = from_network(net)
     for url in (str(tmp_path / "db"), etcd_url):
         def take(i: int, url: str = url) -> str:
-            with open_store(url) as store:
-                return leases.acquire(store, cfg, f"n{i}", f"172.30.9.{i + 1}", {}, 30).subnet
+            with open_resources(url) as res:
+                return res.leases.acquire(cfg.network, cfg.subnets(), f"n{i}",
+                                          f"172.30.9.{i + 1}", 1450, {}, 30).subnet
 
         with ThreadPoolExecutor(16) as pool:
             got = list(pool.map(take, range(16)))
         assert len(set(got)) == 16, (url, got)
-        with open_store(url) as store, pytest.raises(PodnetError) as err:
-            leases.acquire(store, cfg, "n99", "172.30.9.99", {}, 30)
+        with open_resources(url) as res, pytest.raises(PodnetError) as err:
+            res.leases.acquire(cfg.network, cfg.subnets(), "n99", "172.30.9.99", None, {}, 30)
         assert err.value.code == 100
         # a restarted node gets its own subnet back
-        with open_store(url) as store:
-            assert leases.acquire(store, cfg, "n3", "172.30.9.4", {}, 30).subnet == got[3]
+        with open_resources(url) as res:
+            again = res.leases.acquire(cfg.network, cfg.subnets(), "n3", "172.30.9.4", None,
+                                       {}, 30)
+            assert again.subnet == got[3]
 
 
 @pytest.mark.parametrize("lab", [("vxlan", "sqlite"), ("vxlan", "etcd")], indirect=True,

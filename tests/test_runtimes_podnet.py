@@ -65,11 +65,10 @@ def podnet_session(
 
 
 def _store_allocations(agent: Agent, network: str) -> dict:
-    from podnet import ipam
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
-    with open_store(agent.store) as store:
-        return ipam.allocations(store, network)
+    with open_resources(agent.store) as res:
+        return res.address_owners(network)
 
 
 def test_two_containers_talk_and_leave_nothing(podnet_session) -> None:

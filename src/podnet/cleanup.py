@@ -7,12 +7,9 @@ import contextlib
 import glob
 import os
 
-from podnet import keys
 from podnet.errors import PodnetError
 from podnet.kernel import links, netns, nft
-
-LINK_PREFIXES = ("pnv", "pnbr-", "pnvx", "pntun")
-NETNS_PREFIXES = ("pn-pod-",)
+from podnet.kernel_names import LINK_PREFIXES, NETNS_PREFIXES
 
 
 def stop_forwarders(run_dir: str) -> list[str]:
@@ -43,18 +40,20 @@ def cleanup(store_url: str, run_dir: str = "/run/podnet", *,
                 if links.remove(ipr, name):
                     report["links"].append(name)
     for name in netns.list_named():
-        if name.startswith(NETNS_PREFIXES):
+        if name.startswith(tuple(NETNS_PREFIXES)):
             netns.remove(name)
             report["namespaces"].append(name)
     if nft.list_json("table", nft.FAMILY, nft.TABLE):
         nft.remove_table()
         report["nftables"].append(f"{nft.FAMILY} {nft.TABLE}")
     with contextlib.suppress(PodnetError):
-        from podnet.store import open_store
+        from podnet.resources import open_resources
 
-        with open_store(store_url) as store:
-            for prefix in (keys.ENDPOINTS, keys.ADDRESSES):
-                for entry in store.list(prefix):
-                    store.delete(entry.key)
-                    report["records"].append(entry.key)
+        with open_resources(store_url) as res:
+            for port in res.list_ports():
+                res.delete_port(port)
+                report["records"].append(f"port {port.network}/{port.device_id}/{port.ifname}")
+            for net in res.list_networks():
+                for ip in res.gc_addresses(net.name, ()):
+                    report["records"].append(f"address {net.name}/{ip}")
     return report

@@ -68,8 +68,33 @@ class PodnetError(Exception):
 class StoreUnavailable(PodnetError):
     """The store cannot be reached right now (maps to CNI code 11, try again later)."""
 
-    def __init__(self, details: str) -> None:
-        super().__init__(TRY_AGAIN_LATER, "store unavailable", details)
+    def __init__(self, details: str, msg: str = "store unavailable") -> None:
+        super().__init__(TRY_AGAIN_LATER, msg, details)
+
+
+# The resource layer's three kinds of failure, which every front end maps to its own
+# answer (CNI code, Docker {"Err": ...}, CLI line): not found, conflict, unavailable.
+Unavailable = StoreUnavailable
+
+
+class NotFound(PodnetError):
+    """A network, subnet, pool or port that does not exist (CNI code 105)."""
+
+    def __init__(self, msg: str, details: str = "", *, kind: str = "") -> None:
+        super().__init__(NOT_FOUND, msg, details)
+        self.kind = kind
+
+
+class ResourceConflict(PodnetError):
+    """The resource exists or is in use: IN_USE (104) or ALREADY_ATTACHED (101)."""
+
+    def __init__(self, msg: str, details: str = "", *, code: int = IN_USE) -> None:
+        super().__init__(code, msg, details)
+
+
+def invalid(msg: str, details: str = "") -> PodnetError:
+    """An invalid configuration or argument (CNI code 7)."""
+    return PodnetError(INVALID_CONFIG, msg, details)
 
 
 class Conflict(PodnetError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+IFNAMSIZ = 15
+
 
 def _h(*parts: str, n: int) -> str:
     return hashlib.sha1("/".join(parts).encode()).hexdigest()[:n]
@@ -17,3 +19,22 @@ def bridge_name(network: str) -> str:
 
 def host_veth_name(container_id: str, ifname: str) -> str:
     return f"pnv{_h(container_id, ifname, n=12)}"
+
+
+def waiting_veth_name(container_id: str, ifname: str) -> str:
+    """A pod end waiting in the host namespace to be moved into its sandbox."""
+    return f"pnc{_h(container_id, ifname, n=12)}"
+
+
+# Every kind of kernel object podnet names, by prefix: `podnet cleanup` and the lab's
+# teardown find leftovers from this one registry (a new kind adds its prefix here).
+LINK_PREFIXES: dict[str, str] = {
+    "pnv": "a pod's veth (host end)",
+    "pnc": "a pod's veth waiting in the host namespace",
+    "pnbr-": "a network's bridge",
+    "pnvx": "an overlay's VXLAN device",
+    "pntun": "the udp backend's TUN device",
+}
+NETNS_PREFIXES: dict[str, str] = {
+    "pn-pod-": "a pod namespace made by `podnet pod add`",
+}

@@ -14,16 +14,19 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from podnet.api import cni
-from podnet.endpoints import Endpoints
+from podnet.agent.addressing import LeaseSource
+from podnet.agent.attach import Attacher
+from podnet.drivers import PodDrivers
 from podnet.errors import PodnetError
 
 log = logging.getLogger("podnet.agent")
 
-RpcHandler = Callable[[dict], Any]
+RpcHandler = Callable[[dict[str, Any]], Any]
+# A front end's handler of one CNI call: (environment, stdin) -> (exit code, stdout).
+CniHandler = Callable[[dict[str, str], bytes], tuple[int, str]]
 
 
 class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -33,12 +36,12 @@ class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def __init__(
         self,
         path: str,
-        service_for: cni.ServiceFor,
-        rpcs: dict[str, RpcHandler] | None = None,
+        cni_handler: CniHandler,
+        rpcs: Mapping[str, RpcHandler] | None = None,
     ) -> None:
         self.path = path
-        self.service_for = service_for
-        self.rpcs = rpcs or {}
+        self.cni_handler = cni_handler
+        self.rpcs = dict(rpcs or {})
         _claim_socket_path(path)
         super().__init__(path, _Handler)
         os.chmod(path, 0o660)
@@ -87,7 +90,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 env = dict(
                     item.split("=", 1) for item in env_raw.decode().split("\0") if "=" in item
                 )
-                code, out = cni.handle(env, data, self.server.service_for)
+                code, out = self.server.cni_handler(env, data)
                 self.wfile.write(b"%d\n" % code + out.encode())
             elif kind == "RPC":
                 (size,) = (int(x) for x in sizes)
@@ -147,27 +150,36 @@ def call_cni(
 
 
 class ServiceCache:
-    """One Endpoints service per store URL (the agent's own store by default)."""
+    """One Attacher per store URL (the agent's own store by default, whose overlays get
+    their leases from the agent's keepers)."""
 
-    def __init__(self, default_url: str, node: str, run_dir: str = "/run/podnet") -> None:
-        from podnet.store import open_store
-
-        self._open = open_store
+    def __init__(self, default_url: str, node: str, drivers: PodDrivers | None = None
+                 ) -> None:
         self.default_url = default_url
         self.node = node
-        self.run_dir = run_dir
-        self._services: dict[str, Endpoints] = {}
+        self.drivers = drivers or PodDrivers()
+        self._services: dict[str, Attacher] = {}
         self._lock = threading.Lock()
         self.default = self.get(default_url)
 
-    def get(self, url: str) -> Endpoints:
+    def get(self, url: str, leases: LeaseSource | None = None) -> Attacher:
+        from podnet.resources import open_resources
+
         with self._lock:
             svc = self._services.get(url)
             if svc is None:
-                svc = Endpoints(self._open(url), self.node, self.run_dir)
+                svc = Attacher(open_resources(url), self.node, leases=leases,
+                               drivers=self.drivers)
                 self._services[url] = svc
             return svc
 
-    def for_conf(self, conf: dict) -> Endpoints:
+    def use_leases(self, leases: LeaseSource) -> None:
+        """CNI calls on the agent's own store take overlay leases from `leases`."""
+        self.default = Attacher(self.default.resources, self.node, leases=leases,
+                                drivers=self.drivers)
+        with self._lock:
+            self._services[self.default_url] = self.default
+
+    def for_conf(self, conf: dict[str, Any]) -> Attacher:
         url = conf.get("store")
         return self.get(str(url)) if url else self.default

@@ -13,13 +13,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
 
-from podnet import keys
 from podnet.errors import StoreUnavailable
-from podnet.model import Endpoint
-from podnet.services.alloc import PREFIX as SERVICES_PREFIX
-from podnet.services.alloc import ServiceAllocator
+from podnet.services import world
 from podnet.services.model import Service
 from podnet.services.proxy import ServiceProxy
 from podnet.store import Store
@@ -34,41 +30,31 @@ def _table_exists() -> bool:
     return any(o.get("table", {}).get("name") == TABLE for o in nft.list_json("tables"))
 
 
-def select(selector: Mapping[str, str], endpoints: Iterable[Endpoint]) -> list[str]:
-    """Pod addresses whose labels carry every key=value of the selector."""
-    if not selector:
-        return []
-    out = set()
-    for ep in endpoints:
-        if ep.address and all(ep.labels.get(k) == v for k, v in selector.items()):
-            out.add(ep.address.split("/")[0])
-    return sorted(out)
-
-
 class ServiceKeeper:
     def __init__(self, store: Store, *, full_period: float = 60.0) -> None:
         self.store = store
-        self.alloc = ServiceAllocator(store)
         self.proxy: ServiceProxy | None = None
         self.full_period = full_period
         self.errors: list[str] = []
+        self.synced_revision = 0  # store revision of the last complete sync
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen: dict[str, tuple[Service, tuple[str, ...]]] = {}
 
     def _world(self) -> tuple[dict[str, Service], dict[str, list[str]]]:
-        services = {s.name: s for s in self.alloc.list()}
-        eps = [Endpoint.from_dict(e.value) for e in self.store.list(keys.ENDPOINTS)]
-        return services, {n: select(s.selector, eps) for n, s in services.items()}
+        return world.snapshot(self.store)
 
     def full_sync(self) -> None:
+        revision = self.store.revision()
         services, eps = self._world()
         if self.proxy is None:
             if not services and not _table_exists():
+                self.synced_revision = revision
                 return  # nothing to program: do not create an empty table
             self.proxy = ServiceProxy()
         self.proxy.sync_all(services.values(), eps)
         self._seen = {n: (s, tuple(eps[n])) for n, s in services.items()}
+        self.synced_revision = revision
 
     def incremental(self) -> None:
         if self.proxy is None:
@@ -100,15 +86,13 @@ class ServiceKeeper:
             try:
                 if watch is None:
                     start = self.store.revision()
-                    watch = self.store.watch(keys.ROOT + "/", start_revision=start)
+                    watch = self.store.watch(world.WATCH_PREFIX, start_revision=start)
                     next_full = 0.0
                 if time.monotonic() >= next_full:
                     self.full_sync()
                     next_full = time.monotonic() + self.full_period
                 events = watch.next_batch(timeout=0.2)
-                relevant = [e for e in events if e.key.startswith((keys.ENDPOINTS,
-                                                                   SERVICES_PREFIX + "/specs/"))]
-                if relevant:
+                if world.relevant(e.key for e in events):
                     self.incremental()
                 self.errors = []
             except StoreUnavailable:

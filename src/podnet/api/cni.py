@@ -10,19 +10,20 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from podnet import networks
-from podnet.endpoints import Endpoints
+from podnet.agent.attach import Attacher
 from podnet.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
     INTERNAL,
     INVALID_CONFIG,
     INVALID_ENV,
+    PLUGIN_NOT_AVAILABLE,
     UNSUPPORTED_FIELD,
+    NotFound,
     PodnetError,
     StoreUnavailable,
 )
-from podnet.model import Endpoint, Network
+from podnet.model import Network, Port
 
 SUPPORTED_VERSIONS = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 LATEST = "1.1.0"
@@ -36,7 +37,14 @@ INLINE_KEYS = {
     "backend": "backend",
 }
 
-ServiceFor = Callable[[dict], Endpoints]
+ServiceFor = Callable[[dict], Attacher]
+
+
+class UnknownNetwork(PodnetError):
+    """The configuration names a network that does not exist (CNI code 7)."""
+
+    def __init__(self, name: str, details: str = "") -> None:
+        super().__init__(INVALID_CONFIG, f"network {name!r} does not exist", details)
 
 
 def handle(env: Mapping[str, str], stdin: bytes, service_for: ServiceFor) -> tuple[int, str]:
@@ -68,7 +76,8 @@ def handle(env: Mapping[str, str], stdin: bytes, service_for: ServiceFor) -> tup
             svc = service_for(conf)
         except (OSError, PodnetError) as exc:
             if command == "STATUS":
-                raise PodnetError(50, "podnet cannot serve ADD requests", str(exc)) from exc
+                raise PodnetError(PLUGIN_NOT_AVAILABLE, "podnet cannot serve ADD requests",
+                                  str(exc)) from exc
             if isinstance(exc, PodnetError):
                 raise
             raise StoreUnavailable(str(exc)) from exc
@@ -121,21 +130,24 @@ def pod_name(env: Mapping[str, str], container_id: str) -> str:
     return args.get("PODNET_POD") or container_id
 
 
-def resolve_network(conf: dict, svc: Endpoints, *, create: bool) -> Network | None:
+def resolve_network(conf: dict, svc: Attacher, *, create: bool) -> Network:
     """The network a configuration names, or defines inline (created on first ADD)."""
-    store = svc.store
+    res = svc.resources
     if conf.get("network"):
-        return networks.get(store, str(conf["network"]))
-    name = conf.get("name")
-    if not name:
+        name = str(conf["network"])
+        try:
+            return res.get_network(name)
+        except NotFound as exc:
+            raise UnknownNetwork(name) from exc
+    conf_name = conf.get("name")
+    if not conf_name or not isinstance(conf_name, str):
         raise PodnetError(INVALID_CONFIG, "network configuration has no name")
+    name = conf_name
     if "subnet" not in conf and conf.get("driver") != "null":
-        net = networks.find(store, name)
+        net = res.find_network(name)
         if net is None:
-            raise PodnetError(
-                INVALID_CONFIG, f"network {name!r} does not exist",
-                "define it inline with 'subnet' or create it with 'podnet network create'",
-            )
+            raise UnknownNetwork(
+                name, "define it inline with 'subnet' or create it with 'podnet network create'")
         return net
     fields: dict[str, Any] = {"name": name}
     for key, attr in INLINE_KEYS.items():
@@ -146,71 +158,64 @@ def resolve_network(conf: dict, svc: Endpoints, *, create: bool) -> Network | No
     except TypeError as exc:
         raise PodnetError(INVALID_CONFIG, "invalid network definition", str(exc)) from exc
     if not create:
-        existing = networks.find(store, name)
-        return existing or networks.validate(wanted)
-    return networks.create(store, wanted, exist_ok=True)
+        existing = res.find_network(name)
+        return existing or res.validate_network(wanted)
+    return res.create_network(wanted, exist_ok=True)
 
 
 # -- commands ---------------------------------------------------------------------
-def cmd_add(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) -> dict:
+def cmd_add(env: Mapping[str, str], conf: dict, version: str, svc: Attacher) -> dict:
     cid, netns, ifname = _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
     net = resolve_network(conf, svc, create=True)
-    assert net is not None
     labels = (conf.get("runtimeConfig") or {}).get("labels") or {}
     if not isinstance(labels, dict):
         raise PodnetError(INVALID_CONFIG, "runtimeConfig.labels must be an object")
-    ep = svc.attach(
-        net, container_id=cid, ifname=ifname, netns=netns, pod=pod_name(env, cid),
+    port = svc.attach(
+        net, device_id=cid, ifname=ifname, sandbox=netns, pod=pod_name(env, cid),
         labels={str(k): str(v) for k, v in labels.items()},
     )
-    return result(net, ep, conf, version)
+    return result(net, port, conf, version)
 
 
-def cmd_del(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) -> None:
+def cmd_del(env: Mapping[str, str], conf: dict, version: str, svc: Attacher) -> None:
     cid, ifname = _need(env, "CNI_CONTAINERID", "CNI_IFNAME")
     try:
         net = resolve_network(conf, svc, create=False)
-    except PodnetError as exc:
-        if exc.code == INVALID_CONFIG and "does not exist" in exc.msg:
-            return None  # nothing of ours can be attached to a network that is gone
-        raise
-    assert net is not None
-    svc.detach(net, container_id=cid, ifname=ifname)
+    except UnknownNetwork:
+        return None  # nothing of ours can be attached to a network that is gone
+    svc.detach(net, device_id=cid, ifname=ifname)
     return None
 
 
-def cmd_check(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) -> None:
+def cmd_check(env: Mapping[str, str], conf: dict, version: str, svc: Attacher) -> None:
     cid, netns, ifname = _need(env, "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME")
     net = resolve_network(conf, svc, create=False)
-    assert net is not None
-    ep = svc.check(net, container_id=cid, ifname=ifname, netns=netns)
+    port = svc.check(net, device_id=cid, ifname=ifname, sandbox=netns)
     prev = conf.get("prevResult") or {}
     for ip in prev.get("ips", []):
-        if ep.address and ip.get("address") not in (ep.address,):
+        if port.address and ip.get("address") not in (port.address,):
             raise PodnetError(
                 INVALID_CONFIG, "prevResult does not match the attachment",
-                f"{ip.get('address')} != {ep.address}",
+                f"{ip.get('address')} != {port.address}",
             )
     return None
 
 
-def cmd_status(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) -> None:
+def cmd_status(env: Mapping[str, str], conf: dict, version: str, svc: Attacher) -> None:
     try:
-        svc.store.revision()
+        svc.resources.revision()
         resolve_network(conf, svc, create=False)
     except PodnetError as exc:
-        raise PodnetError(50, "podnet cannot serve ADD requests", str(exc)) from exc
+        raise PodnetError(PLUGIN_NOT_AVAILABLE, "podnet cannot serve ADD requests",
+                          str(exc)) from exc
     return None
 
 
-def cmd_gc(env: Mapping[str, str], conf: dict, version: str, svc: Endpoints) -> None:
+def cmd_gc(env: Mapping[str, str], conf: dict, version: str, svc: Attacher) -> None:
     try:
         net = resolve_network(conf, svc, create=False)
-    except PodnetError as exc:
-        if exc.code == INVALID_CONFIG and "does not exist" in exc.msg:
-            return None
-        raise
-    assert net is not None
+    except UnknownNetwork:
+        return None
     raw = conf.get(VALID_ATTACHMENTS) or []
     if not isinstance(raw, list):
         raise PodnetError(INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
@@ -223,34 +228,42 @@ _COMMANDS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_s
              "GC": cmd_gc}
 
 
-def result(net: Network, ep: Endpoint, conf: dict, version: str) -> dict:
+def result(net: Network, port: Port, conf: dict, version: str) -> dict:
     interfaces: list[dict] = []
     if net.bridge and net.driver != "null":
         interfaces.append({"name": net.bridge})
-    if ep.host_ifname:
-        interfaces.append({"name": ep.host_ifname})
-    interfaces.append({"name": ep.ifname, "mac": ep.mac or "", "sandbox": ep.netns})
+    if port.host_ifname:
+        interfaces.append({"name": port.host_ifname})
+    interfaces.append({"name": port.ifname, "mac": port.mac_address or "",
+                       "sandbox": port.sandbox})
     out: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces}
-    if ep.address:
-        ip: dict[str, Any] = {"address": ep.address, "interface": len(interfaces) - 1}
-        if ep.gateway:
-            ip["gateway"] = ep.gateway
+    if port.address:
+        ip: dict[str, Any] = {"address": port.address, "interface": len(interfaces) - 1}
+        if port.gateway:
+            ip["gateway"] = port.gateway
         if version < "1.0.0":
             ip["version"] = "4"
         out["ips"] = [ip]
-        if ep.gateway:
-            out["routes"] = [{"dst": "0.0.0.0/0", "gw": ep.gateway}]
+        if port.gateway:
+            out["routes"] = [{"dst": "0.0.0.0/0", "gw": port.gateway}]
     out["dns"] = conf.get("dns") or {}
     return out
 
 
-def in_process_service(conf: dict) -> Endpoints:
+def in_process_service(conf: dict) -> Attacher:
     """Open the store named by the configuration / environment (no agent running)."""
     from podnet import config
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
-    store = open_store(config.store_url(conf.get("store")))
-    return Endpoints(store, config.node_name())
+    return Attacher(open_resources(config.store_url(conf.get("store"))), config.node_name())
+
+
+def handler(service_for: ServiceFor) -> Callable[[dict[str, str], bytes], tuple[int, str]]:
+    """This front end's CNI handler for the agent's socket."""
+    def serve(env: dict[str, str], stdin: bytes) -> tuple[int, str]:
+        return handle(env, stdin, service_for)
+
+    return serve
 
 
 def main_in_process(stdin: bytes | None = None) -> int:

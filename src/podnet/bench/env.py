@@ -5,7 +5,7 @@ Why per path: the study's findings hinge on segmentation offloads (a VXLAN devic
 offer tunnel segmentation; veth does) and on MTUs, so a number without them cannot be
 explained later. Everything is read through the Endpoint (`uname`, `nproc`, `ip -j`,
 `ethtool -k`), so it works on real machines as well; where ethtool(8) is not installed,
-a lab namespace's offloads are read through pyroute2's ethtool ioctl instead.
+a lab namespace's offloads are read through the ethtool ioctl (kernel/ethtool.py) instead.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def machine(ep: Endpoint) -> dict[str, Any]:
         "iperf3": (_out(ep, ["iperf3", "-v"]).splitlines() or [""])[0],
         "sockperf": " ".join((_out(ep, ["sockperf", "--version"]).splitlines() or [""])[:1]),
         "ethtool": "ethtool -k" if shutil.which("ethtool") else
-                   "pyroute2 ethtool ioctl (ethtool(8) not installed)",
+                   "ethtool ioctl (ethtool(8) not installed)",
         "sysctls": sysctls,
     }
 
@@ -73,20 +73,10 @@ def _ethtool_k(ep: Endpoint, dev: str) -> dict[str, str]:
     return feats
 
 
-def _pyroute2_features(netns: str, dev: str) -> dict[str, str]:
-    from podnet.kernel import netns as kns
+def _netlink_features(netns: str, dev: str) -> dict[str, str]:
+    from podnet.kernel import ethtool
 
-    def read() -> dict[str, str]:
-        from pyroute2.ethtool import Ethtool
-
-        eth = Ethtool()
-        try:
-            feats = eth.get_features(dev).features
-            return {k: ("on" if f.enable else "off") for k, f in feats.items() if k in OFFLOADS}
-        finally:
-            eth.close()
-
-    return dict(kns.run_in(netns, read))
+    return ethtool.features(netns, dev, OFFLOADS)
 
 
 def interface(ep: Endpoint, peer: str) -> dict[str, Any]:
@@ -104,6 +94,6 @@ def interface(ep: Endpoint, peer: str) -> dict[str, Any]:
     feats = _ethtool_k(ep, dev) if shutil.which("ethtool") or ep.remote else {}
     if not feats and ep.netns:
         with contextlib.suppress(Exception):
-            feats = _pyroute2_features(ep.netns, dev)
+            feats = _netlink_features(ep.netns, dev)
     info["offloads"] = feats
     return info

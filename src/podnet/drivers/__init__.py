@@ -1,4 +1,6 @@
-"""Network drivers, registered by name. Modules are imported only when used."""
+"""Pod drivers (how a port is plugged into a sandbox), registered by name; modules are
+imported only when used. Which driver a network's pods use is the agent's choice
+(agent/attach.py): overlays plug their pods into a per-host bridge too."""
 
 from __future__ import annotations
 
@@ -6,21 +8,40 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from podnet.drivers.base import Driver, DriverContext
+    from podnet.drivers.base import PodDriver
 
 _REGISTRY = {
     "null": "podnet.drivers.null:NullDriver",
     "bridge": "podnet.drivers.bridge:BridgeDriver",
-    "vxlan": "podnet.drivers.vxlan:VxlanDriver",
-    "host-gw": "podnet.drivers.hostgw:HostGwDriver",
-    "udp": "podnet.drivers.udp:UdpDriver",
 }
 
 
-def driver_names() -> list[str]:
+def pod_driver_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_driver(name: str, ctx: DriverContext) -> Driver:
+def new_pod_driver(name: str) -> PodDriver:
     module, _, cls = _REGISTRY[name].partition(":")
-    return getattr(importlib.import_module(module), cls)(ctx)
+    driver: PodDriver = getattr(importlib.import_module(module), cls)()
+    return driver
+
+
+
+def pod_driver_name(network_driver: str) -> str:
+    """The pod driver a network's pods use: overlays bridge their pods per host too."""
+    return "null" if network_driver == "null" else "bridge"
+
+
+class PodDrivers:
+    """One instance per pod driver, shared by everything in a process that plugs pods
+    (the drivers remember per-network host objects they have already made)."""
+
+    def __init__(self) -> None:
+        self._drivers: dict[str, PodDriver] = {}
+
+    def for_network(self, network_driver: str) -> PodDriver:
+        name = pod_driver_name(network_driver)
+        driver = self._drivers.get(name)
+        if driver is None:
+            driver = self._drivers[name] = new_pod_driver(name)
+        return driver

@@ -1,60 +1,58 @@
-"""The driver interface: what every network type must do to plug a pod in.
+"""The pod driver interface: how a port is plugged into a sandbox on this host.
 
 Like os-vif's plugins: a few methods, looked up by name, every failure a PodnetError.
-attach() must leave nothing behind when it fails; detach() must succeed when the
-objects are already gone.
+A driver receives everything as typed arguments — the network, the port (address and
+MAC already allocated by the resource layer), the addressing (subnet, gateway, MTU,
+routes) computed by the agent — and never touches a store or the agent.
+
+Attaching is two phases, because Docker splits them (CreateEndpoint, then Join, after
+which Docker itself moves the interface into the container):
+  prepare  the host side: per-network objects (bridge, gateway, NAT) and the port's own
+           interface pair. Given the sandbox already (CNI), the pod end is created
+           directly inside it; without one (Docker) it waits in this namespace under
+           the name `waiting_name(port)`, for whoever moves it.
+  plug     inside the sandbox: move the pod end in if it is not there yet, name it
+           port.ifname, its address, up, routes.
+prepare and plug each leave nothing behind when they fail; unplug succeeds on every
+half state (nothing prepared, prepared but not plugged, plugged, sandbox gone).
 """
 
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from typing import ClassVar
 
-from podnet.model import Endpoint, Network
-from podnet.store import Store
-
-
-@dataclass
-class DriverContext:
-    """What drivers may use besides the kernel: the store and who we are."""
-
-    store: Store
-    node: str
-    run_dir: str = "/run/podnet"  # where helper processes keep sockets and pid files
-    state: dict = field(default_factory=dict)  # per-process caches (e.g. ensured bridges)
+from podnet.kernel_names import waiting_veth_name
+from podnet.model import Addressing, Network, Port
 
 
-@dataclass
-class PodAddressing:
-    """Where a pod on this host takes its address from, and its gateway."""
-
-    subnet: str | None
-    gateway: str | None
-    mtu: int | None
-    routes: list[dict] = field(default_factory=list)  # CNI-shaped {"dst", "gw"?}
+def waiting_name(port: Port) -> str:
+    """The pod end's name while it waits in the host namespace (Docker's SrcName)."""
+    return waiting_veth_name(port.device_id, port.ifname)
 
 
-class Driver(abc.ABC):
-    name = "base"
-
-    def __init__(self, ctx: DriverContext) -> None:
-        self.ctx = ctx
+class PodDriver(abc.ABC):
+    name: ClassVar[str]
 
     @abc.abstractmethod
-    def addressing(self, net: Network) -> PodAddressing:
-        """The subnet, gateway, MTU and routes for pods of `net` on this host."""
+    def prepare(self, net: Network, port: Port, addressing: Addressing,
+                sandbox: str | None) -> Port:
+        """Phase one: the host side; returns the port with host_ifname (and MAC) set."""
 
     @abc.abstractmethod
-    def attach(self, net: Network, ep: Endpoint) -> Endpoint:
-        """Plug `ep` (address already allocated) into its sandbox; returns it completed."""
+    def plug(self, net: Network, port: Port, addressing: Addressing, sandbox: str) -> Port:
+        """Phase two: configure the port's interface inside `sandbox`."""
 
     @abc.abstractmethod
-    def detach(self, net: Network, ep: Endpoint) -> None:
-        """Unplug; objects already gone are not an error."""
+    def unplug(self, net: Network, port: Port) -> None:
+        """Remove the port's interfaces; objects already gone are not an error."""
 
     @abc.abstractmethod
-    def check(self, net: Network, ep: Endpoint) -> None:
-        """Raise PodnetError if the endpoint is not plugged in as recorded."""
+    def check(self, net: Network, port: Port, addressing: Addressing) -> None:
+        """Raise PodnetError if the port is not plugged in as recorded."""
+
+    def ensure_network(self, net: Network, addressing: Addressing) -> None:  # noqa: B027
+        """The per-network host side on its own (the overlay keeper keeps it in place)."""
 
     def teardown(self, net: Network) -> None:  # noqa: B027 - optional
-        """Remove per-network host objects (bridge, NAT rule) after the last endpoint."""
+        """Remove per-network host objects (bridge, NAT rule) after the last port."""

@@ -1,78 +1,80 @@
 """The bridge driver: one Linux bridge per network on this host, a veth per pod.
 
-The bridge holds the network's gateway address, so pods route through the host;
-optional masquerade (nftables) lets pods reach beyond their subnet.
+The bridge holds the network's gateway address for this host (a bridge network's own
+gateway, or an overlay's host subnet gateway: flannel's cni0), so pods route through
+the host; optional masquerade (nftables) lets pods reach beyond their subnet. The
+per-network host side is made once per network and remembered by this driver object.
 """
 
 from __future__ import annotations
 
 import ipaddress
-
-from pyroute2 import IPRoute
+import threading
 
 from podnet.drivers import veth
-from podnet.drivers.base import Driver, PodAddressing
+from podnet.drivers.base import PodDriver
 from podnet.kernel import addr, links, netns, nft, sysctl
-from podnet.model import Endpoint, Network
+from podnet.kernel.netns import Netlink
+from podnet.model import Addressing, Network, Port
 
 
-class BridgeDriver(Driver):
+class BridgeDriver(PodDriver):
     name = "bridge"
 
-    def addressing(self, net: Network) -> PodAddressing:
-        routes = [{"dst": "0.0.0.0/0", "gw": net.gateway}] if net.gateway else []
-        return PodAddressing(subnet=net.subnet, gateway=net.gateway, mtu=net.mtu, routes=routes)
+    def __init__(self) -> None:
+        self._gateways: set[tuple[int, str]] = set()  # (bridge index, gateway CIDR) ensured
+        self._masq: set[tuple[str, str]] = set()  # (network, subnet) masqueraded
+        self._lock = threading.Lock()
 
-    def bridge_name(self, net: Network) -> str:
-        return net.bridge or ""
-
-    def ensure_host_side(self, host: IPRoute, net: Network, pa: PodAddressing) -> int:
+    def _host_side(self, host: Netlink, net: Network, addressing: Addressing
+                   ) -> tuple[int, bool]:
         """The bridge with the gateway address, forwarding on, masquerade if asked."""
-        return self._ensure_host_side(host, net, pa)[0]
-
-    def _ensure_host_side(self, host: IPRoute, net: Network, pa: PodAddressing
-                          ) -> tuple[int, bool]:
-        br, created = links.ensure_bridge_created(host, self.bridge_name(net), mtu=pa.mtu)
-        if pa.gateway and pa.subnet:
-            plen = ipaddress.IPv4Network(pa.subnet).prefixlen
-            gateway = f"{pa.gateway}/{plen}"
-            done = self.ctx.state.setdefault("gateways", set())
-            if (br, gateway) not in done:  # a recreated bridge gets a new index
+        br, created = links.ensure_bridge_created(host, net.bridge or "", mtu=addressing.mtu)
+        if addressing.gateway and addressing.subnet:
+            plen = ipaddress.IPv4Network(addressing.subnet).prefixlen
+            gateway = f"{addressing.gateway}/{plen}"
+            if (br, gateway) not in self._gateways:  # a recreated bridge gets a new index
                 addr.ensure_address(host, br, gateway)
                 sysctl.ensure("net.ipv4.ip_forward", "1")
-                done.add((br, gateway))
-        if net.ip_masq and pa.subnet:
-            done = self.ctx.state.setdefault("masq", set())
-            if (net.name, pa.subnet) not in done:
-                nft.ensure_masquerade(net.name, pa.subnet)
-                done.add((net.name, pa.subnet))
+                self._gateways.add((br, gateway))
+        if net.ip_masq and addressing.subnet:
+            with self._lock:
+                if (net.name, addressing.subnet) not in self._masq:
+                    nft.ensure_masquerade(net.name, addressing.subnet)
+                    self._masq.add((net.name, addressing.subnet))
         return br, created
 
-    def attach(self, net: Network, ep: Endpoint) -> Endpoint:
-        pa = self.addressing(net)
+    def ensure_network(self, net: Network, addressing: Addressing) -> None:
         with netns.iproute() as host:
-            br, created = self._ensure_host_side(host, net, pa)
+            self._host_side(host, net, addressing)
+
+    def prepare(self, net: Network, port: Port, addressing: Addressing,
+                sandbox: str | None) -> Port:
+        with netns.iproute() as host:
+            br, created = self._host_side(host, net, addressing)
             try:
-                return veth.plug(
-                    host, ep, bridge_index=br, mtu=pa.mtu, hairpin=net.hairpin, routes=pa.routes
-                )
+                return veth.create(host, port, sandbox=sandbox, bridge_index=br,
+                                   mtu=addressing.mtu, hairpin=net.hairpin)
             except BaseException:
                 if created and not links.ports_of(host, br):
-                    links.remove(host, self.bridge_name(net))
+                    links.remove(host, net.bridge or "")
                 raise
 
-    def detach(self, net: Network, ep: Endpoint) -> None:
+    def plug(self, net: Network, port: Port, addressing: Addressing, sandbox: str) -> Port:
         with netns.iproute() as host:
-            veth.unplug(host, ep)
+            return veth.configure_pod_side(host, port, sandbox, addressing.routes)
 
-    def check(self, net: Network, ep: Endpoint) -> None:
-        pa = self.addressing(net)
+    def unplug(self, net: Network, port: Port) -> None:
         with netns.iproute() as host:
-            br = links.lookup(host, self.bridge_name(net))
-            veth.verify(host, ep, bridge_index=br, routes=pa.routes)
+            veth.remove(host, port)
+
+    def check(self, net: Network, port: Port, addressing: Addressing) -> None:
+        with netns.iproute() as host:
+            br = links.lookup(host, net.bridge or "")
+            veth.verify(host, port, bridge_index=br, routes=addressing.routes)
 
     def teardown(self, net: Network) -> None:
         with netns.iproute() as host:
-            links.remove(host, self.bridge_name(net))
+            links.remove(host, net.bridge or "")
         nft.remove_masquerade(net.name)
-        self.ctx.state.get("masq", set()).discard((net.name, net.subnet))
+        self._masq = {m for m in self._masq if m[0] != net.name}

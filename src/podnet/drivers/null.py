@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-from podnet.drivers.base import Driver, PodAddressing
+from podnet.drivers.base import PodDriver
 from podnet.errors import KERNEL_FAILURE, PodnetError
 from podnet.kernel import links, netns
-from podnet.model import Endpoint, Network
+from podnet.model import Addressing, Network, Port
 
 
-class NullDriver(Driver):
+class NullDriver(PodDriver):
     name = "null"
 
-    def addressing(self, net: Network) -> PodAddressing:
-        return PodAddressing(subnet=None, gateway=None, mtu=None)
+    def prepare(self, net: Network, port: Port, addressing: Addressing,
+                sandbox: str | None) -> Port:
+        return port
 
-    def attach(self, net: Network, ep: Endpoint) -> Endpoint:
-        with netns.iproute(ep.netns) as pod:
-            lo = links.lookup(pod, "lo")
-            if lo is not None:
-                links.set_up(pod, lo)
-        return ep
+    def plug(self, net: Network, port: Port, addressing: Addressing, sandbox: str) -> Port:
+        with netns.iproute(sandbox) as pod:
+            links.set_up_by_name(pod, "lo")
+        port.sandbox = sandbox
+        return port
 
-    def detach(self, net: Network, ep: Endpoint) -> None:
+    def unplug(self, net: Network, port: Port) -> None:
         return None
 
-    def check(self, net: Network, ep: Endpoint) -> None:
-        with netns.iproute(ep.netns) as pod:
+    def check(self, net: Network, port: Port, addressing: Addressing) -> None:
+        with netns.iproute(port.sandbox) as pod:
             lo = links.lookup(pod, "lo")
             link = links.get(pod, lo) if lo is not None else None
-            if link is None or not link["flags"] & 1:
+            if link is None or not links.is_up(link):
                 raise PodnetError(KERNEL_FAILURE, "loopback is not up in the sandbox")

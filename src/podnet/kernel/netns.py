@@ -16,12 +16,16 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from podnet.errors import UNKNOWN_CONTAINER, PodnetError
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
+
+    Netlink = IPRoute  # the handle every kernel helper takes (opened by iproute())
+else:
+    Netlink = Any
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/run/netns"
@@ -210,3 +214,9 @@ def run_in(name_or_path: str, fn):  # type: ignore[no-untyped-def]
         return _in_thread_setns(fd, fn)
     finally:
         os.close(fd)
+
+
+def warm_up() -> None:
+    """Import the netlink library now (about 0.2 s), so a long-lived process does not
+    pay it on its first request."""
+    import pyroute2  # noqa: F401

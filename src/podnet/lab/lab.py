@@ -339,9 +339,8 @@ class Lab:
 
     def _create_network(self) -> None:
         """The lab's one network, stored before any agent starts (agents lease from it)."""
-        from podnet import networks
         from podnet.model import Network
-        from podnet.store import open_store
+        from podnet.resources import open_resources
 
         overlay = self.backend in OVERLAY_BACKENDS
         net = Network(
@@ -352,8 +351,8 @@ class Lab:
         url = self.store_url
 
         def create() -> None:
-            with open_store(url) as store:
-                networks.create(store, net)
+            with open_resources(url) as res:
+                res.create_network(net)
 
         if self.state.etcd is not None:  # etcd is reachable only inside the lab
             netns.run_in(self.state.etcd.netns, create)

@@ -17,15 +17,10 @@ static ARP. The lab never touches the machine-wide sysctl.
 
 from __future__ import annotations
 
-import errno
 import os
 
-from pyroute2.netlink.exceptions import NetlinkError
-
-from podnet.kernel import addr, links, netns, sysctl
+from podnet.kernel import addr, links, neigh, netns, sysctl
 from podnet.lab import topo
-
-NUD_PERMANENT = 0x80
 
 BRIDGE = "br0"
 UPLINK = "eth0"
@@ -72,7 +67,7 @@ def plug(switch_ns: str, port: str, peer_ns: str, peer_ifname: str,
         index = links.lookup(ipr, peer_ifname)
         assert index is not None
         if mac:
-            ipr.link("set", index=index, address=mac)
+            links.set_mac(ipr, index, mac)
         links.set_up(ipr, index)
 
 
@@ -112,7 +107,7 @@ def set_neighbours(ns: str, entries: list[tuple[str, str]]) -> None:
         index = links.lookup(ipr, UPLINK)
         assert index is not None, f"{ns} has no {UPLINK}"
         for ip, mac in entries:
-            ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
+            neigh.replace(ipr, index, ip, mac)
 
 
 def remove_neighbours(ns: str, ips: list[str]) -> None:
@@ -124,8 +119,4 @@ def remove_neighbours(ns: str, ips: list[str]) -> None:
         if index is None:
             return
         for ip in ips:
-            try:
-                ipr.neigh("del", dst=ip, ifindex=index)
-            except NetlinkError as exc:
-                if exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV):
-                    raise
+            neigh.remove(ipr, index, ip)

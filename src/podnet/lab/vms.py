@@ -25,20 +25,16 @@ knows nothing of the hosts' one, and its network is also called `labnet`.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from podnet.agent.server import call
 from podnet.errors import INVALID_CONFIG, KERNEL_FAILURE, TRY_AGAIN_LATER, PodnetError
 from podnet.kernel import addr, links, netns
+from podnet.kernel import vlan as kvlan
 from podnet.kernel import vxlan as kvxlan
 from podnet.lab import procs, state, underlay
 from podnet.lab.state import OVERLAY_BACKENDS, HostState, LabState, VmState
@@ -57,8 +53,6 @@ VM_PREFIX = 16
 VM_POD_CIDR = "10.245.0.0/16"
 VM_NIC = "eth0"
 ZERO_MAC = "00:00:00:00:00:00"
-NETLINK_EXT_ACK = 11
-SOL_NETLINK = 270
 
 
 # -- plan ------------------------------------------------------------------------------
@@ -84,49 +78,9 @@ def vm_store_url(lab: str) -> str:
 
 
 # -- kernel ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _iproute_ext_ack(ns: str):  # type: ignore[no-untyped-def]
-    """IPRoute in `ns` whose errors carry the kernel's extended-ack text."""
-    sock = netns.socket_in(ns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
-    sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
-    ipr = IPRoute(use_socket=sock, ext_ack=True)
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _kernel_error(exc: NetlinkError) -> str:
-    name = os.strerror(exc.code) if exc.code else ""
-    text = exc.args[1] if len(exc.args) > 1 else str(exc)
-    return f"[Errno {exc.code}] {text}" + (f" ({name})" if name and name != text else "")
-
-
-def _add_vlan(ipr: IPRoute, parent: int, name: str) -> int:
-    try:
-        ipr.link("add", ifname=name, kind="vlan", link=parent, vlan_id=VLAN_ID)
-    except NetlinkError as exc:
-        raise PodnetError(KERNEL_FAILURE, f"cannot create 802.1q device {name}",
-                          f"kernel: {_kernel_error(exc)}") from exc
-    index = links.lookup(ipr, name)
-    assert index is not None
-    return index
-
-
 def vlan_error(ns: str) -> str | None:
-    """None if this kernel makes 802.1q devices, else its refusal, e.g. "RTM_NEWLINK
-    kind vlan: [Errno 95] Unknown device type (Operation not supported)". Tried on a
-    scratch veth pair inside `ns` (a namespace of the caller's), removed afterwards."""
-    with _iproute_ext_ack(ns) as ipr:
-        ipr.link("add", ifname="pnvlprobe0", kind="veth", peer={"ifname": "pnvlprobe1"})
-        try:
-            parent = links.lookup(ipr, "pnvlprobe0")
-            ipr.link("add", ifname="pnvlprobe0.1", kind="vlan", link=parent, vlan_id=1)
-        except NetlinkError as exc:
-            return f"RTM_NEWLINK kind vlan: {_kernel_error(exc)}"
-        finally:
-            links.remove(ipr, "pnvlprobe0")
-    return None
+    """None if this kernel makes 802.1q devices, else its refusal in its own words."""
+    return kvlan.unsupported_reason(ns)
 
 
 def _vm_bridge(h: HostState, mtu: int | None) -> None:
@@ -139,11 +93,12 @@ def _uplink_into_switch(st: LabState, h: HostState) -> None:
     """flat / vlan: a second veth from the underlay switch into the host (`vmup`)."""
     sw = state.netns_name(st.name, st.switch_roles()[h.segment - 1])
     underlay.plug(sw, f"{h.name}v", h.netns, VM_UPLINK)
-    with _iproute_ext_ack(h.netns) as ipr:
+    with kvlan.iproute_ext_ack(h.netns) as ipr:
         up = links.lookup(ipr, VM_UPLINK)
         br = links.lookup(ipr, VM_BRIDGE)
         assert up is not None and br is not None
-        port = up if st.vm_network == "flat" else _add_vlan(ipr, up, f"{VM_UPLINK}.{VLAN_ID}")
+        port = up if st.vm_network == "flat" else \
+            kvlan.create(ipr, up, f"{VM_UPLINK}.{VLAN_ID}", VLAN_ID)
         links.attach_to_bridge(ipr, port, br, hairpin=False)
 
 
@@ -167,9 +122,7 @@ def _vxlan_fdb(st: LabState) -> None:
             for o in st.hosts:
                 if o.name == h.name:
                     continue
-                with contextlib.suppress(NetlinkError):  # EEXIST on a re-run
-                    ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=o.ip,
-                            state=kvxlan.NUD_PERMANENT, flags=kvxlan.NTF_SELF)
+                kvxlan.append_fdb(ipr, index, ZERO_MAC, o.ip)
                 for v in st.vms:
                     if v.host == o.name:
                         kvxlan.replace_fdb(ipr, index, v.mac, o.ip)
@@ -190,7 +143,7 @@ def _make_vm(h: HostState, v: VmState, mtu: int) -> None:
     with netns.iproute(v.netns) as ipr:
         nic = links.lookup(ipr, VM_NIC)
         assert nic is not None
-        ipr.link("set", index=nic, address=v.mac)
+        links.set_mac(ipr, nic, v.mac)
         addr.ensure_address(ipr, nic, f"{v.ip}/{VM_PREFIX}")
         links.set_up(ipr, nic)
     underlay.forwarding_on(v.netns)
@@ -205,15 +158,14 @@ def _underlay_mtu(h: HostState) -> int:
 
 # -- the VMs' own cluster ----------------------------------------------------------------
 def _create_vm_network(st: LabState) -> None:
-    from podnet import networks
     from podnet.model import Network
-    from podnet.store import open_store
+    from podnet.resources import open_resources
 
     backend = st.vm_backend or "vxlan"
     net = Network(name=st.network, driver=backend, subnet=VM_POD_CIDR, subnet_len=24,
                   backend={"Type": backend})
-    with open_store(st.vm_store_url or "") as store:
-        networks.create(store, net)
+    with open_resources(st.vm_store_url or "") as res:
+        res.create_network(net)
 
 
 def _agent_cmd(st: LabState, v: VmState) -> list[str]:

@@ -22,13 +22,14 @@ import random
 import uuid
 from collections.abc import Iterator
 
+from podnet import keys
 from podnet.errors import IN_USE, INVALID_CONFIG, POOL_EXHAUSTED, Conflict, PodnetError
 from podnet.services.model import NODE_PORT, Service
 from podnet.store.base import Store
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
-PREFIX = "/podnet/services"
+PREFIX = keys.SERVICES
 
 
 class ServiceAllocator:

@@ -13,26 +13,22 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Iterable
+from typing import Any
 
 from podnet import keys
-from podnet.errors import POOL_EXHAUSTED, Conflict, PodnetError
+from podnet.errors import POOL_EXHAUSTED, TRY_AGAIN_LATER, Conflict, PodnetError, invalid
 from podnet.store import Store
 
 
-def allocate(
-    store: Store,
-    network: str,
-    subnet: str,
-    *,
-    container_id: str,
-    ifname: str,
-    pod: str,
-    reserved: Iterable[str] = (),
-) -> str:
-    """Reserve one free host address of `subnet`; returns it as CIDR (a.b.c.d/len)."""
+def _owner_matches(value: dict[str, Any], device_id: str) -> bool:
+    return (value.get("device_id") or value.get("container_id")) == device_id
+
+
+def allocate(store: Store, network: str, subnet: str, owner: dict[str, Any], *,
+             reserved: Iterable[str] = ()) -> str:
+    """Reserve one free host address of `subnet` for `owner`; returns the plain IP."""
     net = ipaddress.IPv4Network(subnet)
     skip = {str(net.network_address), str(net.broadcast_address), *reserved}
-    owner = {"container_id": container_id, "ifname": ifname, "pod": pod, "subnet": subnet}
     for _attempt in range(64):
         used = {e.key.rsplit("/", 1)[1] for e in store.list(keys.address_prefix(network))}
         size = net.num_addresses
@@ -45,19 +41,38 @@ def allocate(
                 store.put(keys.address(network, candidate), owner, revision=0)
             except Conflict:
                 break  # somebody else took it: re-read and try again
-            return f"{candidate}/{net.prefixlen}"
+            return candidate
         else:
             raise PodnetError(POOL_EXHAUSTED, f"no free address left in {subnet}", network)
-    raise PodnetError(11, "address allocation kept conflicting; try again", network)
+    raise PodnetError(TRY_AGAIN_LATER, "address allocation kept conflicting; try again",
+                      network)
 
 
-def release(store: Store, network: str, ip: str, *, container_id: str | None = None) -> bool:
-    """Free an address (only if still owned by container_id, when given)."""
+def claim(store: Store, network: str, subnet: str, ip: str, owner: dict[str, Any], *,
+          reserved: Iterable[str] = ()) -> str:
+    """Reserve exactly `ip` (a fixed IP asked for by the caller)."""
+    net = ipaddress.IPv4Network(subnet)
+    try:
+        addr = ipaddress.IPv4Address(ip)
+    except ValueError as exc:
+        raise invalid("invalid fixed IP", str(exc)) from exc
+    if addr not in net or addr in (net.network_address, net.broadcast_address) \
+            or str(addr) in set(reserved):
+        raise invalid(f"fixed IP {ip} is not a free host address of {subnet}")
+    try:
+        store.put(keys.address(network, str(addr)), owner, revision=0)
+    except Conflict as exc:
+        raise PodnetError(POOL_EXHAUSTED, f"address {ip} is already in use", network) from exc
+    return str(addr)
+
+
+def release(store: Store, network: str, ip: str, *, device_id: str | None = None) -> bool:
+    """Free an address (only if still owned by device_id, when given)."""
     key = keys.address(network, ip.split("/")[0])
     entry = store.get(key)
     if entry is None:
         return False
-    if container_id is not None and entry.value.get("container_id") != container_id:
+    if device_id is not None and not _owner_matches(entry.value, device_id):
         return False
     try:
         return store.delete(key, revision=entry.revision)
@@ -65,12 +80,12 @@ def release(store: Store, network: str, ip: str, *, container_id: str | None = N
         return False
 
 
-def release_owner(store: Store, network: str, container_id: str, ifname: str) -> list[str]:
-    """Free every address of (container_id, ifname) on `network` (leak repair)."""
+def release_owner(store: Store, network: str, device_id: str, ifname: str) -> list[str]:
+    """Free every address of (device_id, ifname) on `network` (leak repair)."""
     freed = []
     for entry in store.list(keys.address_prefix(network)):
         v = entry.value
-        if v.get("container_id") == container_id and v.get("ifname") == ifname:
+        if _owner_matches(v, device_id) and v.get("ifname") == ifname:
             try:
                 if store.delete(entry.key, revision=entry.revision):
                     freed.append(entry.key.rsplit("/", 1)[1])
@@ -79,5 +94,5 @@ def release_owner(store: Store, network: str, container_id: str, ifname: str) ->
     return freed
 
 
-def allocations(store: Store, network: str) -> dict[str, dict]:
+def allocations(store: Store, network: str) -> dict[str, dict[str, Any]]:
     return {e.key.rsplit("/", 1)[1]: e.value for e in store.list(keys.address_prefix(network))}

@@ -10,12 +10,12 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from podnet.backends.overlay import BACKENDS
 from podnet.errors import INVALID_CONFIG, PodnetError
 from podnet.model import Network
 
-BACKENDS = ("vxlan", "host-gw", "udp")
 DEFAULT_PORT = {"vxlan": 8472, "udp": 8285, "host-gw": 0}
-OVERHEAD = {"vxlan": 50, "udp": 28, "host-gw": 0}
+OVERHEAD = {"vxlan": 50, "udp": 28, "host-gw": 0}  # bytes of encapsulation per packet
 
 
 @dataclass(frozen=True)

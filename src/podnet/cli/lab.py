@@ -270,3 +270,6 @@ def add_lab_commands(subparsers: Any) -> None:
     down = add("down", cmd_down, "stop a lab's processes, delete its namespaces and files")
     down.add_argument("lab", nargs="?", default=DEFAULT_NAME)
     down.add_argument("--json", action="store_true", help="print what was removed as JSON")
+
+
+register = add_lab_commands

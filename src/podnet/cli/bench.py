@@ -104,3 +104,6 @@ def add_bench_commands(subparsers: Any) -> None:
     s.add_argument("file", metavar="RESULTS.json")
     s.add_argument("--out", metavar="DIR")
     s.set_defaults(fn=cmd_show)
+
+
+register = add_bench_commands

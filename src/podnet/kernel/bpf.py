@@ -10,8 +10,9 @@ each (close() or a `with` block); a restarted process finds attached programs th
 the tc filter dump (kernel/tc.py gives their ids) and re-opens them with
 `Program.from_id`, then their maps with `Map.from_id(prog.map_ids()[i])`.
 
-Every failure is PodnetError(KERNEL_FAILURE) naming the operation, with the kernel's
-errno text (and the verifier log for a refused program). Lookups of absent keys return
+Every kernel failure is PodnetError(KERNEL_FAILURE) naming the operation, with the
+kernel's errno text (and the verifier log for a refused program); a caller's mistake (a
+key of the wrong size) is PodnetError(INTERNAL). Lookups of absent keys return
 None and deletes of absent keys return False: absence is not a failure.
 """
 
@@ -27,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from podnet.errors import KERNEL_FAILURE, PodnetError
+from podnet.errors import INTERNAL, KERNEL_FAILURE, PodnetError
 from podnet.kernel import bpf_asm
 from podnet.kernel.bpf_asm import R1, R2, R3, R4, R5, Asm
 
@@ -87,6 +88,7 @@ class BpfCallError(OSError):
     """A bpf(2) command failed; errno and strerror as the kernel reported them."""
 
 
+@functools.lru_cache(maxsize=1)
 def _nr() -> int:
     machine = platform.machine()
     try:
@@ -122,8 +124,8 @@ def _attr() -> ctypes.Array:
 
 def _name(name: str) -> bytes:
     raw = name.encode()[: OBJ_NAME_LEN - 1]
-    if any(not (chr(c).isalnum() or chr(c) in "_.") for c in raw):
-        raise PodnetError(KERNEL_FAILURE, "bpf object name may hold only [A-Za-z0-9_.]", name)
+    if any(c > 127 or not (chr(c).isalnum() or chr(c) in "_.") for c in raw):
+        raise PodnetError(INTERNAL, "bpf object name may hold only [A-Za-z0-9_.]", name)
     return raw
 
 
@@ -308,7 +310,7 @@ class Map:
 
     def _key(self, key: bytes) -> ctypes.Array:
         if len(key) != self.key_size:
-            raise PodnetError(KERNEL_FAILURE, f"bpf map {self.name or self.fd}: key must be "
+            raise PodnetError(INTERNAL, f"bpf map {self.name or self.fd}: key must be "
                               f"{self.key_size} bytes", f"got {len(key)}")
         return ctypes.create_string_buffer(key, self.key_size)
 
@@ -326,7 +328,7 @@ class Map:
             slot = (self.value_size + 7) // 8 * 8
             value = value.ljust(slot, b"\0") * possible_cpus()
         if len(value) != want:
-            raise PodnetError(KERNEL_FAILURE, f"bpf map {self.name or self.fd}: value must "
+            raise PodnetError(INTERNAL, f"bpf map {self.name or self.fd}: value must "
                               f"be {want} bytes", f"got {len(value)}")
         kbuf = self._key(key)
         vbuf = ctypes.create_string_buffer(value, want)
@@ -402,7 +404,7 @@ def create_map(map_type: MapType | int, key_size: int, value_size: int, max_entr
         flags = F_NO_PREALLOC if map_type == MapType.LPM_TRIE else 0
     attr = _attr()
     struct.pack_into("<7I", attr, 0, map_type, key_size, value_size, max_entries, flags, 0, 0)
-    attr[28:28 + OBJ_NAME_LEN] = _name(name).ljust(OBJ_NAME_LEN, b"\0")
+    struct.pack_into("16s", attr, 28, _name(name))
     try:
         fd = sys_bpf(MAP_CREATE, attr)
     except OSError as exc:
@@ -465,7 +467,7 @@ class Program:
 def _prog_load(code: bytes, prog_type: int, name: str, license: str, log_level: int,
                log: ctypes.Array | None) -> int:
     if not code or len(code) % 8:
-        raise PodnetError(KERNEL_FAILURE, "bpf prog_load: bytecode must be a non-empty "
+        raise PodnetError(INTERNAL, "bpf prog_load: bytecode must be a non-empty "
                           "multiple of 8 bytes", f"{len(code)} bytes")
     insns = ctypes.create_string_buffer(code, len(code))
     lic = ctypes.create_string_buffer(license.encode())
@@ -473,7 +475,7 @@ def _prog_load(code: bytes, prog_type: int, name: str, license: str, log_level: 
     struct.pack_into("<IIQQIIQII", attr, 0, prog_type, len(code) // 8, _addr(insns),
                      _addr(lic), log_level, len(log) if log is not None else 0, _addr(log),
                      0, 0)
-    attr[48:48 + OBJ_NAME_LEN] = _name(name).ljust(OBJ_NAME_LEN, b"\0")
+    struct.pack_into("16s", attr, 48, _name(name))
     return sys_bpf(PROG_LOAD, attr)
 
 
@@ -561,7 +563,7 @@ def probe_helper(name: str, prog_type: ProgType | int = ProgType.SCHED_CLS) -> P
     arguments still means present; "unknown func" / "cannot use helper", or no load
     allowed at all, means absent, with the kernel's line as the reason."""
     if name not in bpf_asm.HELPERS:
-        raise PodnetError(KERNEL_FAILURE, "bpf probe: unknown helper", name)
+        raise PodnetError(INTERNAL, "bpf probe: unknown helper", name)
     code = _probe_program(name).assemble()
     fd, log, exc = _try_load(code, int(prog_type), "probe", "GPL", 1)
     if fd is not None:

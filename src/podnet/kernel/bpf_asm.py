@@ -36,7 +36,7 @@ redirect 23, skb_load_bytes 26, csum_diff 28, skb_change_type 32, get_hash_recal
 skb_pull_data 39, redirect_map 51, fib_lookup 69, redirect_neigh 152, redirect_peer 155.
 
 Rules the verifier enforces (a program breaking one is refused at load, with the log):
-- Every path ends in `exit` with r0 set to a scalar (a tc verdict: TC_ACT_OK 0, SHOT 2,
+- Every path ends in `exit` with r0 set to a scalar (a tc verdict: UNSPEC -1, OK 0, SHOT 2,
   REDIRECT 7 — what bpf_redirect* return); no unreachable instructions, no back-edges
   except bounded loops; at most 1M verified instructions.
 - Registers are read only after being written; r1-r5 are unreadable after a call until
@@ -125,7 +125,9 @@ HELPERS: dict[str, int] = {
     "redirect_peer": 155,
 }
 
-# tc verdicts (include/uapi/linux/pkt_cls.h)
+# tc verdicts (include/uapi/linux/pkt_cls.h). UNSPEC lets the next filter (higher prio
+# number) run and passes the packet when none is left; OK passes it at once.
+TC_ACT_UNSPEC = -1
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 TC_ACT_REDIRECT = 7

@@ -20,23 +20,52 @@ __sk_buff.vlan_present / vlan_tci / vlan_proto rather than packet bytes; push pu
 tag in metadata too, and a device without VLAN offload gets it written into the frame on
 transmit. Packet captures (AF_PACKET auxdata, `tcpdump -e`) show it either way.
 
+Verdicts: a frame these programs let through gets TC_ACT_UNSPEC, so a later filter on
+the same hook (a higher prio number than PRIO, e.g. the eBPF fast path) still sees it,
+untagged; with none left the kernel passes it. Drops are TC_ACT_SHOT.
+
+On devices: ensure_access_port / ensure_trunk / ensure_vlan_child attach (idempotently,
+by comparing the filter names that record what each program does), remove() detaches,
+trunk_vid_map() re-opens an attached trunk's VID map after a restart.
+
 Counters: give `stats=` a map from create_stats_map() (a per-CPU array) and the programs
 count into it; read_stats() sums the CPUs. Layout: see STATS.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
+from collections.abc import Callable
+
+from pyroute2 import IPRoute
 
 from podnet.errors import INVALID_CONFIG, PodnetError
-from podnet.kernel import bpf
-from podnet.kernel.bpf_asm import R0, R1, R2, R3, R6, R7, R10, SKB, TC_ACT_OK, TC_ACT_SHOT, Asm
+from podnet.kernel import bpf, tc
+from podnet.kernel.bpf_asm import (
+    R0,
+    R1,
+    R2,
+    R3,
+    R6,
+    R7,
+    R10,
+    SKB,
+    TC_ACT_SHOT,
+    TC_ACT_UNSPEC,
+    Asm,
+)
 
 ETH_P_8021Q = 0x8100
 ETH_P_8021AD = 0x88A8
 VID_MAX = 4094
 VID_MAP_ENTRIES = 4096
+
+# a frame these programs let through: the next filter on the hook (if any) runs next
+PASS = TC_ACT_UNSPEC
+# tc priority of the VLAN programs: before anything attached with a higher number
+PRIO = 10
 
 # counter slots of the stats map
 STATS = ("passed", "dropped_vid", "dropped_untagged", "untagged_passed", "errors")
@@ -115,7 +144,7 @@ def push_program(vid: int, *, pcp: int = 0, proto: int = ETH_P_8021Q,
     a.mov(R6, R1)
     _push(a, proto, tci)
     _count(a, stats, PASSED)
-    a.ret(TC_ACT_OK)
+    a.ret(PASS)
     _error_exit(a, stats)
     return a
 
@@ -136,7 +165,7 @@ def _tail(a: Asm, stats: bpf.Map | None, *, allow_untagged: bool) -> None:
     a.label("untagged")
     if allow_untagged:
         _count(a, stats, UNTAGGED_PASSED)
-        a.ret(TC_ACT_OK)
+        a.ret(PASS)
     else:
         _count(a, stats, DROPPED_UNTAGGED)
         a.ret(TC_ACT_SHOT)
@@ -157,7 +186,7 @@ def pop_program(vid: int | None = None, *, proto: int = ETH_P_8021Q,
     a.call("skb_vlan_pop")
     a.jmp("jne", R0, 0, "error")
     _count(a, stats, PASSED)
-    a.ret(TC_ACT_OK)
+    a.ret(PASS)
     _tail(a, stats, allow_untagged=allow_untagged)
     return a
 
@@ -209,3 +238,84 @@ def mux_program(vid: int, trunk_ifindex: int, *, pcp: int = 0, proto: int = ETH_
 def load(program: Asm, name: str) -> bpf.Program:
     """Load one of the programs above as a SCHED_CLS program."""
     return bpf.load_program(program, name=name)
+
+
+# --- attached to devices: ensure / remove / adopt --------------------------------------
+# A filter's name records what its program does ("pn_vlan_pop vid=100 stats=7"), so an
+# ensure_* call compares names and changes nothing when the device already does the
+# right thing (after an agent restart too); otherwise it replaces the filter in place.
+# The programs are closed after attaching: the filters keep them (and their maps) alive.
+
+
+def _ensure(ipr: IPRoute, index: int, direction: tc.Direction, ident: str,
+            build: Callable[[], Asm], prog_name: str) -> bool:
+    if any(f.prio == PRIO and f.name == ident for f in tc.filters(ipr, index, direction)):
+        return False
+    with load(build(), prog_name) as prog:
+        tc.attach(ipr, index, direction, prog.fd, name=ident, prio=PRIO)
+    return True
+
+
+def _suffix(stats: bpf.Map | None) -> str:
+    return f" stats={stats.id}" if stats is not None else ""
+
+
+def ensure_access_port(ipr: IPRoute, index: int, vid: int, *, allow_untagged: bool = False,
+                       stats: bpf.Map | None = None) -> bool:
+    """Device `index` carries VLAN `vid` tagged: push at egress, pop (only `vid`) at
+    ingress. True if anything was (re)attached."""
+    check_vid(vid)
+    untag = " untagged" if allow_untagged else ""
+    pushed = _ensure(ipr, index, "egress", f"pn_vlan_push vid={vid}{_suffix(stats)}",
+                     lambda: push_program(vid, stats=stats), "pn_vlan_push")
+    popped = _ensure(ipr, index, "ingress", f"pn_vlan_pop vid={vid}{untag}{_suffix(stats)}",
+                     lambda: pop_program(vid, allow_untagged=allow_untagged, stats=stats),
+                     "pn_vlan_pop")
+    return pushed or popped
+
+
+def ensure_trunk(ipr: IPRoute, index: int, vids: bpf.Map, *, allow_untagged: bool = True,
+                 stats: bpf.Map | None = None) -> bool:
+    """Device `index` is a trunk: each tagged frame goes out of the device `vids` maps its
+    VID to (set_vid_target), untagged. True if the filter was (re)attached."""
+    untag = "" if allow_untagged else " no-untagged"
+    return _ensure(ipr, index, "ingress", f"pn_vlan_demux map={vids.id}{untag}"
+                   f"{_suffix(stats)}",
+                   lambda: demux_program(vids, allow_untagged=allow_untagged, stats=stats),
+                   "pn_vlan_demux")
+
+
+def ensure_vlan_child(ipr: IPRoute, index: int, vid: int, trunk_index: int, *,
+                      stats: bpf.Map | None = None) -> bool:
+    """Frames entering device `index` leave the trunk tagged with `vid` (pair it with
+    set_vid_target(vids, vid, index) on the trunk for the way back)."""
+    check_vid(vid)
+    return _ensure(ipr, index, "ingress", f"pn_vlan_mux vid={vid} trunk={trunk_index}"
+                   f"{_suffix(stats)}",
+                   lambda: mux_program(vid, trunk_index, stats=stats), "pn_vlan_mux")
+
+
+def remove(ipr: IPRoute, index: int) -> bool:
+    """Detach every VLAN program from the device (both hooks); absence is fine."""
+    removed = [tc.detach(ipr, index, d, prio=PRIO, handle=f.handle)
+               for d in tc.DIRECTIONS for f in tc.filters(ipr, index, d)
+               if f.prio == PRIO and f.name.startswith("pn_vlan_")]
+    return any(removed)
+
+
+def attached(ipr: IPRoute, index: int) -> dict[str, str]:
+    """The VLAN filters on the device, by hook: {"egress": "pn_vlan_push vid=100", ...}."""
+    out: dict[str, str] = {}
+    for direction in tc.DIRECTIONS:
+        for f in tc.filters(ipr, index, direction):
+            if f.prio == PRIO and f.name.startswith("pn_vlan_"):
+                out[direction] = f.name
+    return out
+
+
+def trunk_vid_map(ipr: IPRoute, index: int) -> bpf.Map | None:
+    """The VID map of the trunk program attached to the device (a new fd), for a
+    restarted agent to keep editing it; None if no trunk program is attached."""
+    name = attached(ipr, index).get("ingress", "")
+    match = re.match(r"pn_vlan_demux map=(\d+)", name)
+    return bpf.Map.from_id(int(match.group(1))) if match else None

@@ -25,6 +25,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from podnet.errors import KERNEL_FAILURE, PodnetError
 
 Direction = Literal["ingress", "egress"]
+DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 CLSACT_HANDLE = 0xFFFF0000
 PARENTS = {"ingress": 0xFFFFFFF2, "egress": 0xFFFFFFF3}
 ETH_P_ALL = 0x0003
@@ -129,10 +130,7 @@ def detach(ipr: IPRoute, index: int, direction: Direction, *, prio: int = 1,
            handle: int = 1) -> bool:
     """Remove one bpf filter; False when it (or its qdisc, or the device) is absent."""
     parent = _parent(direction)
-    if not any(f.prio == prio and f.handle == handle
-               for f in filters(ipr, index, direction)):
-        return False
-    try:
+    try:  # ENOENT: no such filter; EINVAL: no clsact qdisc; ENODEV: no device
         ipr.tc("del-filter", "bpf", index, handle=handle, prio=prio, parent=parent,
                protocol=ETH_P_ALL)
     except NetlinkError as exc:
@@ -171,7 +169,7 @@ def filters(ipr: IPRoute, index: int, direction: Direction) -> list[BpfFilter]:
 
 def program_ids(ipr: IPRoute, index: int) -> dict[Direction, list[int]]:
     """Program ids attached at each hook of a device."""
-    return {d: [f.prog_id for f in filters(ipr, index, d)] for d in ("ingress", "egress")}
+    return {d: [f.prog_id for f in filters(ipr, index, d)] for d in DIRECTIONS}
 
 
 def _raw(opts: Any, name: str, nla_type: int) -> bytes | None:

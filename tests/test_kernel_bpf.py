@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import select
+import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -264,6 +267,27 @@ def test_probes_find_the_redirect_helpers_and_name_what_is_refused() -> None:
         bpf.probe_helper("teleport")
 
 
+@needs_bpf
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) missing")
+def test_probes_carry_the_kernels_refusal_for_an_unprivileged_process() -> None:
+    """A process without CAP_BPF is refused by the kernel itself: the probes say so in
+    the kernel's words and loads fail as PodnetError naming the operation."""
+    script = ("import json\nfrom podnet.kernel import bpf\nfrom podnet.errors import PodnetError\n"
+              "out = {'load': bpf.can_load().reason, 'peer': bpf.probe_helper('redirect_peer')"
+              ".reason, 'ok': bool(bpf.can_load())}\n"
+              "try:\n    bpf.create_map(bpf.MapType.HASH, 4, 4, 1)\n"
+              "except PodnetError as exc:\n    out['map'] = [exc.code, str(exc)]\n"
+              "print(json.dumps(out))\n")
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False
+    assert out["load"] == out["peer"] == "EPERM: Operation not permitted"
+    assert out["map"][0] == KERNEL_FAILURE and "map_create" in out["map"][1]
+
+
 # --- tc attach -----------------------------------------------------------------------
 
 
@@ -344,6 +368,11 @@ def test_attach_dump_adopt_replace_detach_in_a_namespace(ns: Namespaces) -> None
             assert err.value.code == KERNEL_FAILURE and "ifindex 99999" in err.value.msg
             with pytest.raises(PodnetError, match="ingress or egress"):
                 tc.attach(ipr, idx, "sideways", other.fd)  # type: ignore[arg-type]
+            # a plain ingress qdisc has no egress hook: refused, not silently misplaced
+            sh(host, "tc qdisc add dev pb ingress")
+            with pytest.raises(PodnetError, match="'ingress' qdisc where clsact is needed"):
+                tc.attach(ipr, _ifindex(host, "pb"), "egress", other.fd)
+            assert tc.filters(ipr, _ifindex(host, "pb"), "egress") == []
     finally:
         prog.close()
         other.close()

@@ -65,9 +65,9 @@ BUSYBOX = "/bin/busybox"  # busybox-static
 CGROUP_ROOT = "/sys/fs/cgroup"
 SUN_PATH_MAX = 107
 BUILTIN_DRIVERS = {"bridge", "host", "null", "macvlan", "ipvlan", "overlay"}
-_APPLETS = ("sh", "ash", "ping", "nc", "sleep", "ip", "cat", "echo", "hostname", "nslookup",
-            "wget", "httpd", "ls", "true", "false", "kill", "ps", "ifconfig", "route", "seq",
-            "head", "dd", "md5sum", "timeout", "grep", "sed", "wc", "env", "mkdir", "test")
+_APPLETS = ("sh", "ash", "ping", "nc", "netstat", "sleep", "ip", "cat", "echo", "hostname",
+            "nslookup", "wget", "httpd", "ls", "true", "false", "kill", "ps", "seq", "head",
+            "dd", "md5sum", "timeout", "grep", "sed", "wc", "env", "mkdir", "test")
 
 
 class DockerCommandError(PodnetError):
@@ -403,6 +403,16 @@ def _listening(path: str) -> bool:
     return True
 
 
+def _applets() -> list[str]:
+    """Every applet busybox-static has (`busybox --list`), at least the usual ones."""
+    names = set(_APPLETS)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, timeout=10)
+        names.update(n for n in out.stdout.split() if re.fullmatch(r"[A-Za-z0-9_.+-]+", n))
+    names.discard("busybox")
+    return sorted(names)
+
+
 def busybox_rootfs() -> bytes:
     """A rootfs tar: /bin/busybox (static) plus applet symlinks and the usual dirs."""
     buf = io.BytesIO()
@@ -422,6 +432,6 @@ def busybox_rootfs() -> bytes:
         add(tf, "etc/passwd", tarfile.REGTYPE, 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
         add(tf, "etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\n")
         add(tf, "bin/busybox", tarfile.REGTYPE, 0o755, Path(BUSYBOX).read_bytes())
-        for applet in _APPLETS:
+        for applet in _applets():
             add(tf, f"bin/{applet}", tarfile.SYMTYPE, 0o777, link="busybox")
     return buf.getvalue()

@@ -28,6 +28,16 @@ bite (all seen on the wire):
   cheap. Join's `SandboxKey` is a path inside dockerd's mount namespace.
 - Scope "local": AllocateNetwork / FreeNetwork / DiscoverNew / DiscoverDelete are swarm
   calls and never come from a standalone dockerd.
+- Order: activation sends both GetCapabilities and GetDefaultAddressSpaces even when the
+  network uses Docker's default IPAM; network create is RequestPool, RequestAddress
+  (gateway), RequestAddress (each aux address), CreateNetwork; a container is
+  RequestAddress, CreateEndpoint, Join, ProgramExternalConnectivity (also with an empty
+  port map); removal is RevokeExternalConnectivity, Leave, DeleteEndpoint, ReleaseAddress;
+  network rm releases the gateway and aux addresses and the pool BEFORE DeleteNetwork.
+- A dockerd restart detaches every endpoint at shutdown (Leave, DeleteEndpoint,
+  ReleaseAddress) and attaches containers with a restart policy anew after activating the
+  plugin again; its RequestAddress then asks for any address ("", Options null, nothing
+  naming the container), so an IPAM cannot tell a returning container from a new one.
 
 `validate(method, request)` checks the top level of a request against these TypedDicts
 (required keys, JSON types, non-empty IDs), so a handler can index it safely.

@@ -9,9 +9,10 @@ VENV=${PODNET_VENV:-/opt/podnet/venv}
 export DEBIAN_FRONTEND=noninteractive
 
 APT=(python3 python3-venv python3-pip iproute2 iputils-ping nftables conntrack iptables
-     iperf3 sockperf ethtool etcd-server containernetworking-plugins util-linux procps)
+     iperf3 sockperf ethtool etcd-server containernetworking-plugins util-linux procps
+     docker.io busybox-static)  # docker.io + busybox-static: `podnet lab up --docker`
 if [[ "${1:-}" == "--test" ]]; then
-    APT+=(containerd podman runc busybox-static)
+    APT+=(containerd podman runc)
 fi
 missing=()
 for pkg in "${APT[@]}"; do
@@ -19,12 +20,24 @@ for pkg in "${APT[@]}"; do
 done
 if ((${#missing[@]})); then
     apt-get update -qq
-    # etcd-server's package would start a system etcd; podnet starts its own. Only a
-    # policy-rc.d we created is removed again.
+    # etcd-server's and docker.io's packages would start a system etcd and dockerd; podnet
+    # starts its own, and never uses or touches the machine's. Only a policy-rc.d we
+    # created is removed again; an existing one must forbid starting those services.
     own_policy=0
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
         own_policy=1
+    else
+        for pair in etcd-server:etcd docker.io:docker; do
+            pkg=${pair%%:*} svc=${pair#*:} rc=0
+            [[ " ${missing[*]} " == *" $pkg "* ]] || continue
+            /usr/sbin/policy-rc.d "$svc" start >/dev/null 2>&1 || rc=$?
+            if [[ $rc != 101 ]]; then
+                echo "install.sh: /usr/sbin/policy-rc.d allows starting $svc: installing" \
+                     "$pkg would start a system service (make it exit 101 first)" >&2
+                exit 1
+            fi
+        done
     fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [[ $own_policy == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import math
 import queue
@@ -49,7 +50,13 @@ from urllib3.exceptions import ConnectTimeoutError
 from podnet.errors import INVALID_CONFIG, STORE_FAILURE, Conflict, PodnetError, StoreUnavailable
 from podnet.store.base import Entry, Event, Store, Watch
 from podnet.store.etcd_auth import TokenAuth, TokenRejected, auth_failure, error_text
-from podnet.store.etcd_tls import EtcdSecurity, find_ssl_error, handshake_cut, tls_failure
+from podnet.store.etcd_tls import (
+    EtcdSecurity,
+    answers_plain_http,
+    find_ssl_error,
+    handshake_cut,
+    tls_failure,
+)
 
 DEFAULT_PORT = 2379
 # Connect and read timeouts of every request (seconds).
@@ -237,7 +244,9 @@ class EtcdStore(Store):
                 result = self._attempt(fn, client, headers)
             except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
                     etcd_exc.InternalServerError, requests.RequestException) as exc:
-                tls_error = tls_failure(exc, self._where(idx), self.security)
+                probe = functools.partial(answers_plain_http, client.host, client.port,
+                                          self.timeout) if self.tls else None
+                tls_error = tls_failure(exc, self._where(idx), self.security, probe)
                 if tls_error is not None:
                     raise tls_error from exc
                 last = exc

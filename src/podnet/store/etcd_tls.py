@@ -17,11 +17,15 @@ by retrying; only an unreachable server is "try again later". etcd (Go) mostly a
 missing or foreign client certificate by closing the connection mid-handshake (an EOF,
 rarely the "bad certificate" alert), so an EOF in the handshake counts as a refusal too;
 the store repeats such a request once first (a server going down could cut one short).
+A plain etcd also just closes (or resets) the connection on a TLS hello, so after such
+an EOF or reset one plain `GET /version` tells the two apart.
 """
 
 from __future__ import annotations
 
+import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,11 +118,16 @@ class EtcdSecurity:
         return out
 
 
-def tls_failure(exc: BaseException, endpoint: str, security: EtcdSecurity
-                ) -> PodnetError | None:
-    """The configuration error a failed TLS handshake means, or None (not TLS's fault)."""
+def tls_failure(exc: BaseException, endpoint: str, security: EtcdSecurity,
+                plain_http: Callable[[], bool] | None = None) -> PodnetError | None:
+    """The configuration error a failed TLS handshake means, or None (not TLS's fault).
+    plain_http: asks whether the endpoint answers plain HTTP (after a cut handshake)."""
     err = find_ssl_error(exc)
     if err is None:
+        reset = _find(exc, ConnectionResetError)
+        if reset is not None and plain_http is not None and plain_http():
+            return PodnetError(INVALID_CONFIG, f"etcd {endpoint} does not speak TLS",
+                               f"{reset}; use an etcd:// URL for a plain endpoint")
         return None
     reason = str(getattr(err, "reason", "") or "")
     text = _reason(err)
@@ -127,6 +136,9 @@ def tls_failure(exc: BaseException, endpoint: str, security: EtcdSecurity
                  else "the default CA bundle (set --etcd-cacert)")
         return PodnetError(INVALID_CONFIG, f"etcd {endpoint}: server certificate not trusted",
                            f"{text}; checked against {trust}")
+    if reason in _NOT_TLS or (handshake_cut(err) and plain_http is not None and plain_http()):
+        return PodnetError(INVALID_CONFIG, f"etcd {endpoint} does not speak TLS",
+                           f"{text}; use an etcd:// URL for a plain endpoint")
     if reason in _CLIENT_REFUSED or handshake_cut(err):
         if security.cert:
             why = f"it refused the client certificate --etcd-cert {security.cert}"
@@ -134,10 +146,17 @@ def tls_failure(exc: BaseException, endpoint: str, security: EtcdSecurity
             why = "it requires a client certificate (--etcd-cert and --etcd-key)"
         return PodnetError(INVALID_CONFIG, f"etcd {endpoint}: TLS handshake refused",
                            f"{why}: {text}")
-    if reason in _NOT_TLS:
-        return PodnetError(INVALID_CONFIG, f"etcd {endpoint} does not speak TLS",
-                           f"{text}; use an etcd:// URL for a plain endpoint")
     return None
+
+
+def answers_plain_http(host: str, port: int, timeout: float) -> bool:
+    """True when host:port answers a plain HTTP request (it is no TLS endpoint)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(f"GET /version HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            return sock.recv(5) == b"HTTP/"
+    except OSError:
+        return False
 
 
 def handshake_cut(err: BaseException | None) -> bool:
@@ -147,6 +166,11 @@ def handshake_cut(err: BaseException | None) -> bool:
 
 def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
     """The ssl.SSLError somewhere under a requests/urllib3 exception, if any."""
+    found = _find(exc, ssl.SSLError)
+    return found if isinstance(found, ssl.SSLError) else None
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:
@@ -154,7 +178,7 @@ def find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
         if not isinstance(cur, BaseException) or id(cur) in seen or len(seen) > 50:
             continue
         seen.add(id(cur))
-        if isinstance(cur, ssl.SSLError):
+        if isinstance(cur, kind):
             return cur
         todo.extend([cur.__cause__, cur.__context__, getattr(cur, "reason", None), *cur.args])
     return None

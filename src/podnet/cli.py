@@ -255,7 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("cert", "client certificate (PEM)"), ("key", "client key (PEM)"),
                       ("user", "user name"), ("password", "password")):
         p.add_argument(f"--etcd-{key}", dest=f"etcd_{key}", metavar=key.upper(),
-                       help=f"etcd store: {what} (env {config.ENV_ETCD[key]})")
+                       help=f"etcd store: {what} (env {config.ENV_ETCD[key]}"
+                       + ("; prefer it: argv is visible to all" if key == "password" else "")
+                       + ")")
     p.add_argument("--socket", help=f"agent socket (env {config.ENV_SOCKET}, "
                    f"default {config.DEFAULT_SOCKET})")
     p.add_argument("--lab", help="act on a lab's store and agents (see `podnet lab`)")

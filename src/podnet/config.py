@@ -42,8 +42,11 @@ _etcd_flags: dict[str, str] = {}
 
 
 def set_etcd_flags(values: dict[str, str | None], *, override: bool = True) -> None:
-    """Record --etcd-* values for every store this process opens (override=False: only
-    where no flag was given, e.g. a lab's own certificates under `podnet --lab`)."""
+    """Record --etcd-* values for every store this process opens, replacing earlier ones
+    (override=False: add only where no flag was given, e.g. a lab's own certificates
+    under `podnet --lab`)."""
+    if override:
+        _etcd_flags.clear()
     for key, value in values.items():
         if key not in ENV_ETCD:
             raise ValueError(f"unknown etcd setting {key!r}")

@@ -167,13 +167,16 @@ class EtcdStore(Store):
         self.security.check(tls, self.url)
         self._auth = (TokenAuth(self.security.user, self.security.password)
                       if self.security.user and self.security.password else None)
+        # (connect, read) timeouts: requests takes a pair, etcd3gw's hint says a number
         self._clients = [
-            Etcd3Client(host=h, port=p, timeout=(timeout, timeout), api_path=_API_PATH,
-                        protocol="https" if tls else "http", session=self.new_session())
+            Etcd3Client(host=h, port=p, timeout=(timeout, timeout),  # type: ignore[arg-type]
+                        api_path=_API_PATH, protocol="https" if tls else "http",
+                        session=self.new_session())
             for h, p in self.endpoints
         ]
         self._login_clients = [  # the same sessions, a longer read timeout
-            Etcd3Client(host=c.host, port=c.port, timeout=(timeout, LOGIN_TIMEOUT),
+            Etcd3Client(host=c.host, port=c.port,
+                        timeout=(timeout, LOGIN_TIMEOUT),  # type: ignore[arg-type]
                         api_path=_API_PATH, protocol=c.protocol, session=c.session)
             for c in self._clients
         ]

@@ -194,6 +194,14 @@ def test_right_password_works_wrong_one_is_refused(secure: EtcdServer, p: str) -
     assert raw_range(secure, p + "k") == 400  # the witness: no token, no read
 
 
+def test_credentials_for_an_etcd_without_auth_are_not_an_error(tls_only: EtcdServer,
+                                                                p: str) -> None:
+    """As etcd's own client does: "authentication is not enabled" means no token."""
+    with open_store(tls_only.url, etcd=dict(tls_only.settings, user="u", password="x")) as st:
+        rev = st.put(p + "k", {"v": 1})
+        assert st.get(p + "k").revision == rev
+
+
 def test_user_without_permission_is_refused(secure: EtcdServer) -> None:
     with secure.session() as s:
         root = s.post(secure.client_url + "/v3/auth/authenticate", timeout=10, json={
@@ -376,3 +384,9 @@ def test_lab_etcd_over_tls_with_auth() -> None:
         assert [n["name"] for n in json.loads(listed.stdout)] == ["labnet"]
         one_line_error(podnet("--lab", name, "--etcd-password", "wrong", "network", "ls"),
                        "authentication failed for user 'podnet'", "172.30.1.254:2379")
+        # etcd restarted: its tokens are gone, the agents log in again by themselves
+        assert lab.etcd is not None
+        lab.etcd.stop()
+        lab.etcd.start()
+        pod = lab.add_pod("h2")
+        assert pod.ip and all(r.ok for r in lab.ping_all(pairs=[("h1-p1", pod.name)]))

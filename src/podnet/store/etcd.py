@@ -64,6 +64,8 @@ DEFAULT_TIMEOUT = 2.0
 # Read timeout of a login: etcd checks the password with bcrypt (~50 ms of CPU each), so
 # many clients logging in at once on a busy machine queue for seconds.
 LOGIN_TIMEOUT = 15.0
+# Logins per request: a refused token is renewed and the request repeated.
+AUTH_ATTEMPTS = 3
 # A watch stream silent this long is reopened (proves etcd is still there).
 WATCH_IDLE = 10.0
 _API_PATH = "/v3/"  # etcd >= 3.4; skips etcd3gw's /version discovery round trip
@@ -209,21 +211,22 @@ class EtcdStore(Store):
 
     # -- transport -----------------------------------------------------------------
     def _call(self, fn: Callable[[Etcd3Client, dict[str, str]], T]) -> T:
-        """Run fn(client, headers) with the auth token (logging in first, and once
-        more if etcd refuses the token); see _send for failover and errors."""
+        """Run fn(client, headers) with the auth token (logging in first, and again if
+        etcd refuses the token or, mid-change of its auth settings, the login); see
+        _send for failover and errors."""
         if self._auth is None:
             return self._send(fn, {})
-        headers = self._auth.headers(self._login)
-        try:
-            return self._send(fn, headers)
-        except TokenRejected:
-            self._auth.discard(headers)
-        headers = self._auth.headers(self._login)
-        try:
-            return self._send(fn, headers)
-        except TokenRejected as exc:
-            raise PodnetError(INVALID_CONFIG, f"etcd {self._where()} refused a fresh auth "
-                              f"token of user {self._auth.user!r}", str(exc)) from exc
+        last: TokenRejected | None = None
+        for _ in range(AUTH_ATTEMPTS):
+            headers: dict[str, str] = {}
+            try:
+                headers = self._auth.headers(self._login)
+                return self._send(fn, headers)
+            except TokenRejected as exc:
+                last = exc
+                self._auth.discard(headers)
+        raise PodnetError(INVALID_CONFIG, f"etcd {self._where()} keeps refusing the auth "
+                          f"token of user {self._auth.user!r}", str(last)) from last
 
     def _login(self, payload: dict) -> dict:
         return self._send(lambda c, h: c.post(c.get_url("/auth/authenticate"), json=payload),

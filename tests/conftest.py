@@ -27,6 +27,17 @@ def etcd_server():
 @pytest.fixture(scope="session")
 def etcd_url(etcd_server: EtcdServer) -> str:
     return etcd_server.url
+
+
+# `etcd_tls_server`: one real etcd with TLS, client certificates and auth (users root and
+# podnet) for the session; `.url` is etcd+https://..., `.settings` / `.env` what a client
+# presents (open_store's `etcd` argument / PODNET_ETCD_* variables).
+@pytest.fixture(scope="session")
+def etcd_tls_server():
+    if not etcd_available():
+        pytest.skip("etcd binary not installed (Debian package etcd-server)")
+    with EtcdServer(tls=True, auth=True) as server:
+        yield server
 # --- end etcd ---------------------------------------------------------------------------
 
 

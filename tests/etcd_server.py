@@ -7,6 +7,15 @@
     with EtcdServer(netns="pnt1a2b-h1", host="10.99.0.1"):  # inside a namespace
         ...
 
+    with EtcdServer(tls=True, auth=True, auth_token_ttl=2) as etcd:
+        store = open_store(etcd.url, etcd=etcd.settings)  # etcd+https://..., certs, login
+
+TLS mode: a CA of the server's own (podnet.lab.pki) in its temp dir, a server
+certificate for `host`, client certificates demanded (--client-cert-auth) and a client
+certificate without Common Name for the tests (`settings`). Auth mode (needs TLS off or
+on, either): users root and podnet (podnet.lab.etcd_users) on the first start, simple
+tokens living `auth_token_ttl` seconds.
+
 Why the tuning flags: a 10 ms heartbeat and 100 ms election timeout make a single member
 elect itself at once (also after a restart) and bring etcd's minimum lease TTL down to
 one second, so TTL tests stay short. Only the process this object started is ever
@@ -23,10 +32,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
 import time
+
+import requests
 
 CLONE_NEWNET = 0x40000000
 
@@ -86,8 +98,18 @@ class EtcdServer:
         data_dir: str | None = None,
         binary: str = "etcd",
         extra_args: tuple[str, ...] = (),
+        tls: bool = False,
+        auth: bool = False,
+        auth_token_ttl: int | None = None,
     ) -> None:
         self.host = host
+        self.tls = tls
+        self.auth = auth
+        self.auth_token_ttl = auth_token_ttl
+        self.root_password = "root-" + os.urandom(8).hex()
+        self.user = "podnet"
+        self.password = "pw-" + os.urandom(8).hex()
+        self._auth_done = False
         self.netns = netns
         self.name = name
         self.binary = binary
@@ -106,6 +128,14 @@ class EtcdServer:
         self.data_dir = data_dir or os.path.join(self._base, "data")
         self.log_path = os.path.join(self._base, "etcd.log")
         self.proc: subprocess.Popen | None = None
+        self.pki_dir = os.path.join(self._base, "pki")
+        if tls:
+            from podnet.lab.pki import CertAuthority
+
+            self.ca = CertAuthority.create(self.pki_dir, "podnet test etcd CA")
+            self.server_cert = self.ca.issue(self.pki_dir, "server", "podnet-test-etcd",
+                                             server=True, client=True, ips=(host,))
+            self.client_cert = self.ca.issue(self.pki_dir, "client", None, client=True)
 
     # -- addresses -------------------------------------------------------------------
     @property
@@ -114,7 +144,7 @@ class EtcdServer:
 
     @property
     def client_url(self) -> str:
-        return f"http://{self._hostport}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self._hostport}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -123,7 +153,36 @@ class EtcdServer:
     @property
     def url(self) -> str:
         """The podnet store URL."""
-        return f"etcd://{self._hostport}:{self.client_port}"
+        scheme = "etcd+https" if self.tls else "etcd"
+        return f"{scheme}://{self._hostport}:{self.client_port}"
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """open_store's `etcd` argument: the client certificate, and the login."""
+        out = {}
+        if self.tls:
+            out = {"cacert": self.ca.cert, "cert": self.client_cert.cert,
+                   "key": self.client_cert.key}
+        if self.auth:
+            out.update(user=self.user, password=self.password)
+        return out
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The same as PODNET_ETCD_* variables (for podnet subprocesses)."""
+        names = {"cacert": "PODNET_ETCD_CACERT", "cert": "PODNET_ETCD_CERT",
+                 "key": "PODNET_ETCD_KEY", "user": "PODNET_ETCD_USER",
+                 "password": "PODNET_ETCD_PASSWORD"}
+        return {names[k]: v for k, v in self.settings.items()}
+
+    def session(self) -> requests.Session:
+        """A requests session with the client certificate (environment ignored)."""
+        s = requests.Session()
+        s.trust_env = False
+        if self.tls:
+            s.verify = self.ca.cert
+            s.cert = (self.client_cert.cert, self.client_cert.key)
+        return s
 
     @property
     def pid(self) -> int | None:
@@ -146,6 +205,11 @@ class EtcdServer:
             "--log-outputs", "stderr",
             *self.extra_args,
         ]
+        if self.tls:
+            cmd += ["--cert-file", self.server_cert.cert, "--key-file", self.server_cert.key,
+                    "--client-cert-auth", "--trusted-ca-file", self.ca.cert]
+        if self.auth_token_ttl is not None:
+            cmd += ["--auth-token", "simple", "--auth-token-ttl", str(self.auth_token_ttl)]
         if self.netns is not None:
             path = self.netns if "/" in self.netns else f"/run/netns/{self.netns}"
             # nsenter execs etcd (no --fork), so the PID we hold is etcd's own.
@@ -165,10 +229,21 @@ class EtcdServer:
             )
         try:
             self.wait_healthy(timeout)
+            if self.auth and not self._auth_done:
+                self._enable_auth()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _enable_auth(self) -> None:
+        from podnet.lab.etcd_users import enable_auth
+
+        with self.session() as s:
+            _in_netns(self.netns, lambda: enable_auth(
+                self.client_url, s, root_password=self.root_password, user=self.user,
+                password=self.password))
+        self._auth_done = True
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -177,7 +252,14 @@ class EtcdServer:
         """True when etcd answers /health with health=true (from inside its netns)."""
 
         def probe() -> bool:
-            conn = http.client.HTTPConnection(self.host, self.client_port, timeout=1.0)
+            conn: http.client.HTTPConnection
+            if self.tls:
+                ctx = ssl.create_default_context(cafile=self.ca.cert)
+                ctx.load_cert_chain(self.client_cert.cert, self.client_cert.key)
+                conn = http.client.HTTPSConnection(self.host, self.client_port, timeout=1.0,
+                                                   context=ctx)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.client_port, timeout=1.0)
             try:
                 conn.request("GET", "/health")
                 resp = conn.getresponse()

@@ -246,16 +246,23 @@ def test_two_segments_router_and_etcd() -> None:
              name=name) as lab:
         assert [(h.name, h.ip) for h in lab.hosts] == [
             ("h1", "172.30.1.11"), ("h2", "172.30.2.12"), ("h3", "172.30.1.13")]
-        assert lab.store_url == "etcd://172.30.1.254:2379"
+        assert lab.store_url == "etcd+https://172.30.1.254:2379"
         assert {f"{name}-{r}" for r in ("sw1", "sw2", "rt")} <= set(lab_namespaces(name))
         assert "via 172.30.2.1" in sh(f"{name}-h2", "ip route get 172.30.1.11")
         out = sh(f"{name}-h2", "ping -c 1 -W 2 172.30.1.11")
         assert "ttl=63" in out  # one router hop
         sh(f"{name}-h1", "ping -c 1 -W 2 172.30.1.13")  # same segment, direct
         assert sh(f"{name}-rt", "cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
-        health = (f"{sys.executable} -c \"import urllib.request as u; "
-                  f"print(u.urlopen('http://172.30.1.254:2379/health', timeout=2).read())\"")
+        tls = lab.store_settings  # over TLS with the lab's client certificate only
+        health = (f"{sys.executable} -c \"import ssl, urllib.request as u; "
+                  f"c = ssl.create_default_context(cafile='{tls['cacert']}'); "
+                  f"c.load_cert_chain('{tls['cert']}', '{tls['key']}'); "
+                  f"print(u.urlopen('https://172.30.1.254:2379/health', timeout=2, "
+                  f"context=c).read())\"")
         assert "true" in sh(f"{name}-h2", health)
+        plain = (f"{sys.executable} -c \"import urllib.request as u; "
+                 f"u.urlopen('http://172.30.1.254:2379/health', timeout=2)\"")
+        assert "RemoteDisconnected" in sh(f"{name}-h2", plain + " 2>&1 || true")
         etcd = lab.etcd
         assert etcd is not None and etcd.pid is not None
         pids = [etcd.pid, *(lab.agent_pid(h.name) or 0 for h in lab.hosts)]

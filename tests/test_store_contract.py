@@ -1,7 +1,9 @@
 """One contract suite for every store (src/podnet/store/base.py), run on each of them.
 
 The SQLite store uses a fresh file per test; the etcd store shares one real etcd per
-session, so every test works under its own random key prefix. Timing-sensitive checks
+session, so every test works under its own random key prefix. `etcd-tls` is the same
+over TLS with a client certificate and etcd auth (settings by PODNET_ETCD_* variables,
+so the racing worker processes get them too). Timing-sensitive checks
 leave room for etcd's whole-second leases and its ~0.5 s lease expiry sweep.
 """
 
@@ -25,10 +27,16 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 
 # -- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "etcd"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+@pytest.fixture(params=["sqlite", "etcd", "etcd-tls"])
+def store_url(request: pytest.FixtureRequest, tmp_path, monkeypatch: pytest.MonkeyPatch
+              ) -> str:
     if request.param == "sqlite":
         return "sqlite://" + str(tmp_path / "store.db")
+    if request.param == "etcd-tls":
+        server = request.getfixturevalue("etcd_tls_server")
+        for name, value in server.env.items():
+            monkeypatch.setenv(name, value)
+        return server.url
     return request.getfixturevalue("etcd_url")
 
 
@@ -270,9 +278,8 @@ def _compact(store: Store, monkeypatch: pytest.MonkeyPatch, p: str) -> int:
     else:
         for i in range(3):
             store.put(p + "x", {"v": i})
-        client = store._clients[0]  # type: ignore[attr-defined]
-        client.post(client.get_url("/kv/compaction"),
-                    json={"revision": store.revision(), "physical": True})
+        store._post("/kv/compaction",  # type: ignore[attr-defined]
+                    {"revision": store.revision(), "physical": True})
     return old
 
 

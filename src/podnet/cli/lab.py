@@ -65,7 +65,7 @@ def cmd_up(args: argparse.Namespace) -> int:
               backend=args.backend, store=args.store_kind, name=args.name,
               lease_ttl=args.lease_ttl, renew_margin=args.renew_margin,
               resync_period=args.resync_period, backend_options=options,
-              start_timeout=args.timeout)
+              start_timeout=args.timeout, etcd_auth=args.etcd_auth)
     t0 = time.monotonic()
     lab.up()
     took = time.monotonic() - t0
@@ -237,6 +237,9 @@ def add_lab_commands(subparsers: Any) -> None:
                     help="overlay backend (bridge: per-host bridges, no cross-host path)")
     up.add_argument("--store", dest="store_kind", choices=STORES, default="sqlite",
                     help="sqlite: one shared file; etcd: a real etcd in the switch namespace")
+    up.add_argument("--etcd-auth", action="store_true",
+                    help="with --store etcd: also turn on etcd users (agents log in as "
+                    "podnet); TLS with client certificates is always on")
     up.add_argument("--name", default=DEFAULT_NAME, help="lab name, prefix of its namespaces")
     up.add_argument("--segments", type=int, choices=(1, 2), default=1,
                     help="2: two underlay segments joined by a router namespace")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import podnet
+from podnet import config
 from podnet.agent.server import call
 from podnet.errors import (
     IN_USE,
@@ -47,7 +48,7 @@ from podnet.install import install_cni
 from podnet.kernel import netns
 from podnet.lab import procs, state
 from podnet.lab import topo as plan
-from podnet.lab.etcd import LabEtcd
+from podnet.lab.etcd import LabEtcd, client_settings
 from podnet.lab.state import (
     BACKENDS,
     DEFAULT_LEASE_TTL,
@@ -129,12 +130,15 @@ class Lab:
         resync_period: float = DEFAULT_RESYNC_PERIOD,
         backend_options: dict[str, Any] | None = None,
         start_timeout: float = 30.0,
+        etcd_auth: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise PodnetError(INVALID_CONFIG, f"unknown lab backend {backend!r}",
                               f"known: {', '.join(BACKENDS)}")
         if store not in STORES:
             raise PodnetError(INVALID_CONFIG, f"unknown lab store {store!r}", "sqlite or etcd")
+        if etcd_auth and store != "etcd":
+            raise PodnetError(INVALID_CONFIG, "etcd auth needs the etcd store", "--store etcd")
         if store == "etcd" and not shutil.which("etcd"):
             raise PodnetError(INVALID_CONFIG, "--store etcd needs the etcd binary",
                               "install Debian's etcd-server")
@@ -149,8 +153,10 @@ class Lab:
                 netns=sw, host=plan.switch_ip(1), port=ETCD_PORTS[0], peer_port=ETCD_PORTS[1],
                 data_dir=os.path.join(state.lab_dir(self.name), "etcd", "data"),
                 log=os.path.join(state.lab_dir(self.name), "etcd.log"),
+                tls=True, pki_dir=os.path.join(state.lab_dir(self.name), "etcd", "pki"),
+                auth=etcd_auth,
             )
-            store_url = f"etcd://{etcd_st.host}:{etcd_st.port}"
+            store_url = LabEtcd(etcd_st).url
         self.state = LabState(
             name=self.name, backend=backend, store=store, store_url=store_url,
             segments=self.topo.segments, pods_per_host=self.topo.pods_per_host,
@@ -184,6 +190,11 @@ class Lab:
     @property
     def store_url(self) -> str:
         return self.state.store_url
+
+    @property
+    def store_settings(self) -> dict[str, str]:
+        """TLS files and credentials for the lab's etcd (open_store's `etcd`); {} else."""
+        return client_settings(self.state.etcd) if self.state.etcd is not None else {}
 
     @property
     def hosts(self) -> list[Host]:
@@ -351,7 +362,7 @@ class Lab:
         url = self.store_url
 
         def create() -> None:
-            with open_resources(url) as res:
+            with open_resources(url, etcd=self.store_settings) as res:
                 res.create_network(net)
 
         if self.state.etcd is not None:  # etcd is reachable only inside the lab
@@ -362,13 +373,18 @@ class Lab:
     # -- agents ------------------------------------------------------------------------------
     def _agent_cmd(self, h: HostState) -> list[str]:
         st = self.state
+        tls = [f"--etcd-{k}={v}" for k, v in self.store_settings.items()
+               if k in ("cacert", "cert", "key")]
         return [*_enter(h.netns), sys.executable, "-m", "podnet", "--store", st.store_url,
-                "--socket", h.socket, "agent", "--node-name", h.name, "--public-ip", h.ip,
+                *tls, "--socket", h.socket, "agent", "--node-name", h.name, "--public-ip", h.ip,
                 "--lease-ttl", _num(st.lease_ttl), "--renew-margin", _num(st.renew_margin),
                 "--resync-period", _num(st.resync_period)]
 
     def _spawn_agent(self, h: HostState) -> int:
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in config.ENV_ETCD.values()}
+        settings = self.store_settings  # the password goes by environment, not argv
+        env.update({config.ENV_ETCD[k]: settings[k] for k in ("user", "password")
+                    if k in settings})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_src_dir(), env.get("PYTHONPATH")) if p)
         with open(h.log, "ab") as log:
             proc = subprocess.Popen(self._agent_cmd(h), stdin=subprocess.DEVNULL, stdout=log,

@@ -8,7 +8,8 @@ temp file and are renamed into place, so a reader never sees half a file.
 
 Layout:
   /var/lib/podnet/labs/LAB/   state.json, podnet.db (sqlite), hI.log, bin/podnet-cni,
-                              etcd/ (data dir), etcd.log
+                              etcd/ (data dir), etcd/pki/ (CA, certs, 0600 keys and
+                              passwords), etcd.log
   /run/podnet/labs/LAB/       hI.sock (agent sockets), *.pid (udp forwarders, by agents)
 """
 
@@ -141,6 +142,9 @@ class EtcdState:
     data_dir: str
     log: str
     pid: int | None = None
+    tls: bool = False  # client port over TLS with client certificates (lab.etcd)
+    pki_dir: str | None = None  # the lab's CA, certificates, keys and passwords
+    auth: bool = False  # etcd auth on: agents log in as user podnet
 
 
 @dataclass
@@ -218,7 +222,8 @@ class LabState:
         if self.etcd is not None:
             out["etcd"] = {"pid": self.etcd.pid, "netns": self.etcd.netns,
                            "url": self.store_url, "data_dir": self.etcd.data_dir,
-                           "log": self.etcd.log}
+                           "log": self.etcd.log, "tls": self.etcd.tls,
+                           "pki_dir": self.etcd.pki_dir, "auth": self.etcd.auth}
         return out
 
     # -- (de)serialisation ------------------------------------------------------------

@@ -12,9 +12,10 @@ from podnet.resources.base import HostLease, HostLeases, LeaseEvent, Resources
 __all__ = ["HostLease", "HostLeases", "LeaseEvent", "Resources", "open_resources"]
 
 
-def open_resources(url: str) -> Resources:
-    """Resources on the store at `url` (a path, sqlite:///path or etcd://host:port)."""
+def open_resources(url: str, etcd: dict[str, str] | None = None) -> Resources:
+    """Resources on the store at `url` (a path, sqlite:///path, etcd://host:port or
+    etcd+https://host:port; `etcd`: TLS and auth settings, see store.open_store)."""
     from podnet.resources.local import LocalResources
     from podnet.store import open_store
 
-    return LocalResources(open_store(url))
+    return LocalResources(open_store(url, etcd=etcd))

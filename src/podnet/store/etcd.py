@@ -18,12 +18,19 @@ Why this shape:
   thread: it resumes after the last delivered revision when the stream ends or stays
   idle too long (which also notices a silently vanished server), reports compaction and
   unreachable etcd as StoreUnavailable, and close() shuts the socket and joins the thread.
+- TLS and auth: `etcd+https://` selects TLS; the CA, client certificate and user/password
+  come from flags/environment (etcd_tls.py), never from the URL. etcd3gw has TLS but no
+  password auth, so every request goes through `_post` here, which adds the token header
+  of etcd_auth.TokenAuth and logs in again once when etcd refuses the token. Sessions
+  ignore the environment (trust_env off): requests would otherwise let
+  REQUESTS_CA_BUNDLE override the configured CA and send etcd traffic to HTTP proxies.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import math
 import queue
@@ -40,15 +47,30 @@ from etcd3gw import exceptions as etcd_exc
 from etcd3gw.client import Etcd3Client
 from urllib3.exceptions import ConnectTimeoutError
 
-from podnet.errors import STORE_FAILURE, Conflict, PodnetError, StoreUnavailable
+from podnet.errors import INVALID_CONFIG, STORE_FAILURE, Conflict, PodnetError, StoreUnavailable
 from podnet.store.base import Entry, Event, Store, Watch
+from podnet.store.etcd_auth import TokenAuth, TokenRejected, auth_failure, error_text
+from podnet.store.etcd_tls import (
+    EtcdSecurity,
+    answers_plain_http,
+    find_ssl_error,
+    handshake_cut,
+    tls_failure,
+)
 
 DEFAULT_PORT = 2379
 # Connect and read timeouts of every request (seconds).
 DEFAULT_TIMEOUT = 2.0
+# Read timeout of a login: etcd checks the password with bcrypt (~50 ms of CPU each), so
+# many clients logging in at once on a busy machine queue for seconds.
+LOGIN_TIMEOUT = 15.0
+# Logins per request: a refused token is renewed and the request repeated.
+AUTH_ATTEMPTS = 3
 # A watch stream silent this long is reopened (proves etcd is still there).
 WATCH_IDLE = 10.0
 _API_PATH = "/v3/"  # etcd >= 3.4; skips etcd3gw's /version discovery round trip
+PLAIN, TLS = "etcd://", "etcd+https://"
+SCHEMES = (PLAIN, TLS)
 
 T = TypeVar("T")
 
@@ -103,8 +125,17 @@ def _unreachable_before_sending(exc: BaseException) -> bool:
     return False
 
 
-def _parse_endpoints(url: str) -> list[tuple[str, int]]:
-    rest = url.removeprefix("etcd://").split("/", 1)[0].split("?", 1)[0]
+def parse_url(url: str) -> tuple[bool, list[tuple[str, int]]]:
+    """(TLS?, endpoints) of etcd://host:port[,host:port] or etcd+https://..."""
+    if url.startswith(TLS):
+        return True, _parse_endpoints(url, TLS)
+    if url.startswith(PLAIN):
+        return False, _parse_endpoints(url, PLAIN)
+    raise PodnetError(STORE_FAILURE, "bad etcd URL", f"{url}: use etcd:// or etcd+https://")
+
+
+def _parse_endpoints(url: str, scheme: str) -> list[tuple[str, int]]:
+    rest = url.removeprefix(scheme).split("/", 1)[0].split("?", 1)[0]
     out = []
     for part in rest.split(","):
         part = part.strip()
@@ -126,41 +157,104 @@ def _parse_endpoints(url: str) -> list[tuple[str, int]]:
 # -- the store ---------------------------------------------------------------------
 class EtcdStore(Store):
     def __init__(
-        self, endpoints: list[tuple[str, int]], *, timeout: float = DEFAULT_TIMEOUT
+        self, endpoints: list[tuple[str, int]], *, timeout: float = DEFAULT_TIMEOUT,
+        tls: bool = False, security: EtcdSecurity | None = None,
     ) -> None:
         if not endpoints:
             raise ValueError("EtcdStore needs at least one endpoint")
         self.endpoints = list(endpoints)
         self.timeout = timeout
+        self.tls = tls
+        self.security = security or EtcdSecurity()
+        self.security.check(tls, self.url)
+        self._auth = (TokenAuth(self.security.user, self.security.password)
+                      if self.security.user and self.security.password else None)
+        # (connect, read) timeouts: requests takes a pair, etcd3gw's hint says a number
         self._clients = [
-            Etcd3Client(host=h, port=p, timeout=(timeout, timeout), api_path=_API_PATH)
+            Etcd3Client(host=h, port=p, timeout=(timeout, timeout),  # type: ignore[arg-type]
+                        api_path=_API_PATH, protocol="https" if tls else "http",
+                        session=self.new_session())
             for h, p in self.endpoints
+        ]
+        self._login_clients = [  # the same sessions, a longer read timeout
+            Etcd3Client(host=c.host, port=c.port,
+                        timeout=(timeout, LOGIN_TIMEOUT),  # type: ignore[arg-type]
+                        api_path=_API_PATH, protocol=c.protocol, session=c.session)
+            for c in self._clients
         ]
         self._current = 0
         self._watches: weakref.WeakSet[_EtcdWatch] = weakref.WeakSet()
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> EtcdStore:
-        """etcd://host:port[,host:port...] (port defaults to 2379; [v6]:port works)."""
-        return cls(_parse_endpoints(url), timeout=timeout)
+    def from_url(cls, url: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 security: EtcdSecurity | None = None) -> EtcdStore:
+        """etcd://host:port[,host:port...] or etcd+https://... (port defaults to 2379;
+        [v6]:port works)."""
+        tls, endpoints = parse_url(url)
+        return cls(endpoints, timeout=timeout, tls=tls, security=security)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.endpoints)
+        return (TLS if self.tls else PLAIN) + hosts
 
     def __repr__(self) -> str:
-        hosts = ",".join(f"{h}:{p}" for h, p in self.endpoints)
-        return f"EtcdStore(etcd://{hosts})"
+        return f"EtcdStore({self.url})"
+
+    def new_session(self) -> requests.Session:
+        """A session with this store's TLS settings, deaf to the environment."""
+        session = requests.Session()
+        session.trust_env = False
+        for name, value in self.security.session_options(self.tls).items():
+            setattr(session, name, value)
+        return session
 
     # -- transport -----------------------------------------------------------------
-    def _call(self, fn: Callable[[Etcd3Client], T]) -> T:
+    def _call(self, fn: Callable[[Etcd3Client, dict[str, str]], T]) -> T:
+        """Run fn(client, headers) with the auth token (logging in first, and again if
+        etcd refuses the token or, mid-change of its auth settings, the login); see
+        _send for failover and errors."""
+        if self._auth is None:
+            return self._send(fn, {})
+        last: TokenRejected | None = None
+        for _ in range(AUTH_ATTEMPTS):
+            headers: dict[str, str] = {}
+            try:
+                headers = self._auth.headers(self._login)
+                return self._send(fn, headers)
+            except TokenRejected as exc:
+                last = exc
+                self._auth.discard(headers)
+        raise PodnetError(INVALID_CONFIG, f"etcd {self._where()} keeps refusing the auth "
+                          f"token of user {self._auth.user!r}", str(last)) from last
+
+    def _login(self, payload: dict) -> dict:
+        return self._send(lambda c, h: c.post(c.get_url("/auth/authenticate"), json=payload),
+                          {}, login=True)
+
+    def _where(self, idx: int | None = None) -> str:
+        eps = self.endpoints if idx is None else [self.endpoints[idx]]
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in eps)
+
+    def _send(self, fn: Callable[[Etcd3Client, dict[str, str]], T], headers: dict[str, str],
+              *, login: bool = False) -> T:
         """Run fn on the current endpoint; map failures to podnet errors; fail over."""
         start = self._current
-        n = len(self._clients)
+        clients = self._login_clients if login else self._clients
+        n = len(clients)
         last: BaseException | None = None
         for i in range(n):
             idx = (start + i) % n
-            client = self._clients[idx]
+            client = clients[idx]
             try:
-                result = fn(client)
+                result = self._attempt(fn, client, headers)
             except (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
                     etcd_exc.InternalServerError, requests.RequestException) as exc:
+                probe = functools.partial(answers_plain_http, client.host, client.port,
+                                          self.timeout) if self.tls else None
+                tls_error = tls_failure(exc, self._where(idx), self.security, probe)
+                if tls_error is not None:
+                    raise tls_error from exc
                 last = exc
                 # Prefer another endpoint next time; retry right away only when this
                 # request certainly never reached etcd (it could have been applied).
@@ -169,16 +263,36 @@ class EtcdStore(Store):
                     continue
                 break
             except etcd_exc.Etcd3Exception as exc:
-                detail = exc.detail_text or str(exc)
-                raise PodnetError(STORE_FAILURE, "etcd request failed", str(detail)) from exc
+                message = error_text(exc.detail_text or str(exc))
+                failure = auth_failure(message, self._where(idx),
+                                       self._auth.user if self._auth else None)
+                if failure is not None:
+                    raise failure from exc
+                raise PodnetError(STORE_FAILURE, "etcd request failed", message) from exc
             self._current = idx
             return result
-        where = ",".join(f"{h}:{p}" for h, p in self.endpoints)
         detail = getattr(last, "detail_text", None) or str(last)
-        raise StoreUnavailable(f"etcd {where}: {type(last).__name__}: {detail}") from last
+        hint = ""
+        if not self.tls and "RemoteDisconnected" in detail:
+            hint = " (if etcd serves TLS, use an etcd+https:// URL)"
+        raise StoreUnavailable(f"etcd {self._where()}: {type(last).__name__}: {detail}{hint}"
+                               ) from last
+
+    @staticmethod
+    def _attempt(fn: Callable[[Etcd3Client, dict[str, str]], T], client: Etcd3Client,
+                 headers: dict[str, str]) -> T:
+        """fn once, or twice when the first try's TLS handshake was cut short (a refused
+        client certificate looks like that, but so may a server going down; the request
+        never reached etcd, so repeating it is safe)."""
+        try:
+            return fn(client, headers)
+        except (etcd_exc.ConnectionFailedError, requests.RequestException) as exc:
+            if not handshake_cut(find_ssl_error(exc)):
+                raise
+        return fn(client, headers)
 
     def _post(self, path: str, payload: dict) -> dict:
-        return self._call(lambda c: c.post(c.get_url(path), json=payload))
+        return self._call(lambda c, h: c.post(c.get_url(path), json=payload, headers=h))
 
     # -- reads -----------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
@@ -219,14 +333,14 @@ class EtcdStore(Store):
         lease_id: int | None = None
         if ttl is not None:
             seconds = max(1, math.ceil(ttl))
-            lease_id = self._call(lambda c: c.lease(seconds)).id
+            lease_id = int(self._post("/lease/grant", {"TTL": seconds, "ID": 0})["ID"])
             request["lease"] = str(lease_id)
         txn = {
             "compare": self._compare(key, revision),
             "success": [{"request_put": request}],
             "failure": [],
         }
-        res = self._call(lambda c: c.transaction(txn))
+        res = self._post("/kv/txn", txn)
         if not res.get("succeeded"):
             if lease_id is not None:
                 self._revoke(lease_id)
@@ -244,7 +358,7 @@ class EtcdStore(Store):
             "success": [{"request_delete_range": {"key": _key(key)}}],
             "failure": [],
         }
-        res = self._call(lambda c: c.transaction(txn))
+        res = self._post("/kv/txn", txn)
         if not res.get("succeeded"):
             raise Conflict(key)
         responses = res.get("responses") or [{}]
@@ -285,7 +399,8 @@ class _EtcdWatch(Watch):
         self._closed = threading.Event()
         self._sock_lock = threading.Lock()
         self._sock: socket.socket | None = None
-        self._session = requests.Session()
+        self._headers: dict[str, str] = {}  # those of the stream now open (its token)
+        self._session = store.new_session()
         # Open the first stream here, so an unreachable etcd is reported by watch().
         try:
             resp = self._open()
@@ -302,10 +417,12 @@ class _EtcdWatch(Watch):
         body = {"create_request": dict(self._create, start_revision=self._next_rev)}
         timeout = self._store.timeout
 
-        def post(client: Etcd3Client) -> requests.Response:
+        def post(client: Etcd3Client, headers: dict[str, str]) -> requests.Response:
             resp = self._session.post(
-                client.get_url("/watch"), json=body, stream=True, timeout=(timeout, timeout)
+                client.get_url("/watch"), json=body, stream=True, timeout=(timeout, timeout),
+                headers=headers,
             )
+            self._headers = headers
             if resp.status_code != 200:
                 text = resp.text
                 resp.close()
@@ -333,6 +450,9 @@ class _EtcdWatch(Watch):
                     self._read(resp)
                 except (requests.RequestException, OSError, ValueError):
                     pass  # stream broke or idled out: reopen below
+                except TokenRejected:
+                    if self._store._auth is not None:  # log in again, then reopen
+                        self._store._auth.discard(self._headers)
                 finally:
                     with self._sock_lock:
                         self._sock = None
@@ -376,7 +496,12 @@ class _EtcdWatch(Watch):
                 f"compacted up to {result['compact_revision']})"
             )
         if result.get("canceled"):
-            raise _WatchFailed(f"etcd watch canceled: {result.get('cancel_reason', '')}")
+            reason = str(result.get("cancel_reason", ""))
+            auth = self._store._auth
+            failure = auth_failure(reason, self._store._where(), auth.user if auth else None)
+            if failure is not None:
+                raise failure
+            raise _WatchFailed(f"etcd watch canceled: {reason}")
         events = [_event(ev) for ev in result.get("events") or []]
         if events:
             self._next_rev = events[-1].revision + 1
